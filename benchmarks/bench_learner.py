@@ -21,7 +21,11 @@ Configurations:
 - resnet34: `build_model('Unet', 'resnet34', None)`, batch 4 at 256 px (seconds per step on 2 cores);
 - mobilenet: `build_model('Unet', 'mobilenet_v2', None, decoder_channels=(128, 64, 32, 16, 8))`, batch 16 at 128 px
   (a fast step, where fixed per-step costs weigh most);
-- floor: one 3x3 conv, batch 2 at 32 px: the step is almost free, so the difference is the Learner's fixed cost in ms.
+- floor: one 3x3 conv, batch 2 at 32 px, always on 1 torch thread: the step is almost free, so the difference is the
+  Learner's fixed (Python) cost per step in ms, away from the thread-contention swings of multi-threaded kernels; that
+  cost over the plain step time of the other configs is printed as their expected overhead.
+With 2 threads on 2 busy cores, torch's OpenMP threads wait on each other and a step can take several times its
+unloaded time: compare the load averages printed; `--threads 1` gives steadier figures on a shared machine.
 
 Run: .venv/bin/python benchmarks/bench_learner.py [--threads 2] [--configs resnet34 mobilenet floor] [--scale 1]
 """
@@ -32,6 +36,8 @@ from functools import partial
 
 import torch
 from torch import nn
+
+import fastai
 
 from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.progress import ProgressCallback  # noqa: F401  (registers it in fastai's default callbacks)
@@ -56,24 +62,31 @@ class Config:
     warmup: int  # steps per method, discarded
     rounds: int  # timed rounds; each round runs both methods
     steps: int  # steps per method per round (one `learn.fit(1)` epoch for fastai)
+    max_s: float  # no new round after this many seconds (a loaded machine), once 2 rounds are done
+    threads: int | None = None  # torch threads for this config (None: --threads)
 
 CONFIGS = {
-    'resnet34': Config('Unet resnet34, bs 4 @ 256', lambda: build_model('Unet', 'resnet34', None), 4, 256, 3, 4, 2),
+    'resnet34': Config('Unet resnet34, bs 4 @ 256', lambda: build_model('Unet', 'resnet34', None), 4, 256, 3, 4, 2, 80),
     'mobilenet': Config('Unet mobilenet_v2 (small decoder), bs 16 @ 128',
                         lambda: build_model('Unet', 'mobilenet_v2', None, decoder_channels=(128, 64, 32, 16, 8)),
-                        16, 128, 3, 6, 6),
-    'floor': Config('one 3x3 conv, bs 2 @ 32 (fixed costs)', lambda: nn.Conv2d(3, 1, 3, padding=1), 2, 32, 10, 6, 25),
+                        16, 128, 3, 6, 4, 50),
+    'floor': Config('one 3x3 conv, bs 2 @ 32 (fixed costs)', lambda: nn.Conv2d(3, 1, 3, padding=1), 2, 32, 10, 6, 25, 20,
+                    threads=1),
 }
 
 
+def _now() -> tuple[float, float]: return time.perf_counter(), time.process_time()
+def _lap(a, b) -> tuple[float, float]: return b[0] - a[0], b[1] - a[1]
+
+
 class StepTimer(Callback):
-    "Stamps the end of each training step (and the start of the loop); runs after every other callback."
+    "Stamps (wall, CPU) at the end of each training step and at the start of the loop; runs after every other callback."
     order = 1000
     def before_fit(self): self.laps, self.last = [], None
-    def before_train(self): self.last = time.perf_counter()
+    def before_train(self): self.last = _now()
     def after_batch(self):
         if not self.training: return
-        t = time.perf_counter(); self.laps.append(t - self.last); self.last = t
+        t = _now(); self.laps.append(_lap(self.last, t)); self.last = t
 
 
 class NoValidation(Callback):
@@ -102,8 +115,8 @@ def _batch(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def fastai_epoch(learn: Learner, batch, n: int) -> tuple[list[float], float]:
-    "Per-step seconds and wall seconds of one `learn.fit(1)` over `n` copies of `batch`."
+def fastai_epoch(learn: Learner, batch, n: int) -> tuple[list[tuple[float, float]], float]:
+    "Per-step (wall, CPU) seconds and the wall seconds of one `learn.fit(1)` over `n` copies of `batch`."
     learn.dls = _dls(batch, n)
     with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null):
         t0 = time.perf_counter(); learn.fit(1); wall = time.perf_counter() - t0
@@ -112,83 +125,95 @@ def fastai_epoch(learn: Learner, batch, n: int) -> tuple[list[float], float]:
     return laps, wall
 
 
-def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, batch, n: int) -> tuple[list[float], float]:
-    "Per-step seconds and wall seconds of a plain PyTorch loop over `n` copies of `batch`."
+def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, batch, n: int) -> tuple[list[tuple[float, float]], float]:
+    "Per-step (wall, CPU) seconds and the wall seconds of a plain PyTorch loop over `n` copies of `batch`."
     laps, t0 = [], time.perf_counter()
     model.train()
-    last = time.perf_counter()
+    last = _now()
     for xb, yb in [batch] * n:
         loss = loss_fn(model(xb), yb); loss.backward(); opt.step(); opt.zero_grad()
-        t = time.perf_counter(); laps.append(t - last); last = t
+        t = _now(); laps.append(_lap(last, t)); last = t
     return laps, time.perf_counter() - t0
 
 
 def measure(cfg: Config, scale: float) -> dict:
-    "Interleaved rounds of both methods on twin copies of one model; returns per-step laps and epoch walls."
+    "Interleaved rounds of both methods on twin copies of one model: per method, a list of (step laps, epoch wall) per round."
     seed_everything(0)
     batch, model = _batch(cfg), cfg.build()
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW(twin.parameters(), lr=LR)
     learn = Learner(_dls(batch, 1), model, loss_func=get_loss('combo'), opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
                     lr=LR, cbs=[StepTimer(), NoValidation()])
-    plain = lambda n: plain_epoch(twin, opt, get_loss('combo'), batch, n)
-    fast = lambda n: fastai_epoch(learn, batch, n)
-    fast(cfg.warmup); plain(cfg.warmup)
-    rounds = max(1, math.ceil(cfg.rounds * scale))
-    res = {'plain': ([], []), 'fastai': ([], [])}
-    for r in range(rounds):
-        order = [('fastai', fast), ('plain', plain)]
-        for name, f in (order if r % 2 == 0 else order[::-1]):
-            laps, wall = f(cfg.steps)
-            res[name][0].extend(laps); res[name][1].append(wall / cfg.steps)
-    res['cbs'] = [type(c).__name__ for c in learn.cbs]
-    res['opt'] = type(learn.opt.opt).__name__
-    res['rounds'] = rounds
+    runs = {'fastai': lambda n: fastai_epoch(learn, batch, n), 'plain': lambda n: plain_epoch(twin, opt, get_loss('combo'), batch, n)}
+    for f in runs.values(): f(cfg.warmup)
+    res, t0 = {k: [] for k in runs}, time.perf_counter()
+    for r in range(max(2, math.ceil(cfg.rounds * scale))):
+        if r >= 2 and time.perf_counter() - t0 > cfg.max_s * scale: break
+        for k in (['fastai', 'plain'] if r % 2 == 0 else ['plain', 'fastai']): res[k].append(runs[k](cfg.steps))  # ABBA
+    res['cbs'], res['opt'] = [type(c).__name__ for c in learn.cbs], type(learn.opt.opt).__name__
     return res
 
 
-def _ms(v: list[float]) -> tuple[float, float]: return 1e3 * statistics.median(v), 1e3 * min(v)
+def _laps(rounds, clock: int) -> list[float]: return [t[clock] for laps, _ in rounds for t in laps]
+def _med_ms(v) -> float: return 1e3 * statistics.median(v)
+
+
+def _step_row(key: str, r: dict, clock: int) -> str:
+    "Per-step medians and mins, their overheads, and the median over rounds of the paired (same round) ratio."
+    p, f = _laps(r['plain'], clock), _laps(r['fastai'], clock)
+    pm, fm, pmin, fmin = _med_ms(p), _med_ms(f), 1e3 * min(p), 1e3 * min(f)
+    paired = statistics.median(_med_ms(_laps([fr], clock)) / _med_ms(_laps([pr], clock)) for fr, pr in zip(r['fastai'], r['plain']))
+    ov = 100 * (fm / pm - 1)
+    return (f"{key:10s} {pm:9.1f} ({pmin:7.1f}) {fm:9.1f} ({fmin:7.1f}) {fm - pm:+8.2f} {ov:+8.1f}% {100 * (fmin / pmin - 1):+7.1f}% "
+            f"{100 * (paired - 1):+7.1f}%  {'yes' if ov <= 10 else 'NO'}")
+
+
+def _epoch_row(key: str, cfg: Config, r: dict) -> str:
+    "Epoch wall per step for both, and what one `fit(1)` call costs beyond its steps."
+    pw, fw = (_med_ms([w / cfg.steps for _, w in r[k]]) for k in ('plain', 'fastai'))
+    per_fit = _med_ms([w - sum(t[0] for t in laps) for laps, w in r['fastai']])
+    return f"{key:10s} {cfg.steps:11d} {pw:9.1f} {fw:9.1f} {100 * (fw / pw - 1):+8.1f}% {per_fit:11.1f}"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
     p.add_argument('--configs', nargs='+', choices=list(CONFIGS), default=list(CONFIGS))
-    p.add_argument('--scale', type=float, default=1., help='multiplies the number of timed rounds')
+    p.add_argument('--scale', type=float, default=1., help='multiplies the timed rounds and the time caps')
     a = p.parse_args()
     warnings.filterwarnings('ignore', category=FutureWarning)
     torch.set_num_threads(a.threads)
-    import fastai
     print(f"torch {torch.__version__}, fastai {fastai.__version__}; {torch.get_num_threads()} torch threads on "
-          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} (shared machine: other processes may run)")
-    print("optimizer: torch.optim.AdamW (lr 1e-3) in both; fastai via opt_func=partial(OptimWrapper, opt=torch.optim.AdamW)")
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} (a shared machine: other processes may run)")
+    print("optimizer in both: torch.optim.AdamW(lr=1e-3); fastai gets it as opt_func=partial(OptimWrapper, opt=torch.optim.AdamW)")
     rows, t_start = [], time.perf_counter()
     for key in a.configs:
         cfg, t0 = CONFIGS[key], time.perf_counter()
+        torch.set_num_threads(cfg.threads or a.threads)
         r = measure(cfg, a.scale)
-        n = cfg.steps * r['rounds']
-        print(f"\n{cfg.name}: {cfg.warmup} warm-up + {n} timed steps per method "
-              f"({r['rounds']} interleaved rounds of {cfg.steps}), {time.perf_counter() - t0:.0f} s; "
-              f"callbacks {', '.join(r['cbs'])}; fastai opt {r['opt']}")
+        torch.set_num_threads(a.threads)
+        print(f"{key}: {cfg.name}, {cfg.threads or a.threads} thread(s); {cfg.warmup} warm-up + {cfg.steps * len(r['plain'])} timed steps per method "
+              f"({len(r['plain'])} interleaved rounds of {cfg.steps}); {time.perf_counter() - t0:.0f} s; "
+              f"load average {os.getloadavg()[0]:.2f}")
         rows.append((key, cfg, r))
-    print(f"\nload average after the runs: {os.getloadavg()[0]:.2f}; total {time.perf_counter() - t_start:.0f} s")
+    print(f"fastai callbacks: {', '.join(rows[0][2]['cbs'])}; fastai optimizer: OptimWrapper({rows[0][2]['opt']}); "
+          f"total {time.perf_counter() - t_start:.0f} s")
 
-    print(f"\nper step (ms; median, min in brackets)")
-    print(f"{'config':10s} {'plain':>17s} {'fastai':>17s} {'diff ms':>8s} {'overhead':>9s} {'(min)':>7s}  <= 10%?")
-    for key, cfg, r in rows:
-        (pm, pmin), (fm, fmin) = _ms(r['plain'][0]), _ms(r['fastai'][0])
-        ov, ov_min = 100 * (fm / pm - 1), 100 * (fmin / pmin - 1)
-        print(f"{key:10s} {pm:9.1f} ({pmin:6.1f}) {fm:9.1f} ({fmin:6.1f}) {fm - pm:8.2f} {ov:+8.1f}% {ov_min:+6.1f}%  "
-              f"{'yes' if ov <= 10 else 'NO'}")
-
-    print(f"\nepoch wall time per step (ms; median over rounds) and fastai's cost per fit(1) call")
+    head = (f"{'config':10s} {'plain':>19s} {'fastai':>19s} {'diff ms':>8s} {'overhead':>9s} {'(min)':>8s} {'paired':>8s}  <= 10%?")
+    for clock, what in enumerate(('wall-clock', 'CPU (process_time, all threads)')):
+        print(f"\nper training step, {what} ms: median (min); overhead = fastai / plain - 1 of the medians, of the mins, "
+              f"and paired\n(median over rounds of the same-round ratio); the verdict is on the medians")
+        print(head)
+        for key, cfg, r in rows: print(_step_row(key, r, clock))
+    fixed = {k: r for k, _, r in rows}.get('floor')
+    if fixed is not None and len(rows) > 1:
+        ms = _med_ms(_laps(fixed['fastai'], 1)) - _med_ms(_laps(fixed['plain'], 1))
+        print(f"\nthe Learner's fixed cost per step (floor, CPU medians): {ms:.2f} ms, i.e. an expected overhead of "
+              + '; '.join(f"{100 * ms / _med_ms(_laps(r['plain'], 1)):.2f}% for {k}" for k, _, r in rows if k != 'floor'))
+    print("\nepoch wall time per step, ms (median over rounds; one learn.fit(1) per round), and fastai's cost per fit(1) "
+          "call\nbeyond its steps (before/after_fit, progress bar, epoch log line), ms")
     print(f"{'config':10s} {'steps/epoch':>11s} {'plain':>9s} {'fastai':>9s} {'overhead':>9s} {'per fit ms':>11s}")
-    for key, cfg, r in rows:
-        pw, fw = 1e3 * statistics.median(r['plain'][1]), 1e3 * statistics.median(r['fastai'][1])
-        # wall of each fit minus the sum of its own steps: what fit(1) costs once per call
-        laps = r['fastai'][0]
-        per_fit = [1e3 * (w * cfg.steps - sum(laps[i * cfg.steps:(i + 1) * cfg.steps])) for i, w in enumerate(r['fastai'][1])]
-        print(f"{key:10s} {cfg.steps:11d} {pw:9.1f} {fw:9.1f} {100 * (fw / pw - 1):+8.1f}% {statistics.median(per_fit):11.1f}")
+    for key, cfg, r in rows: print(_epoch_row(key, cfg, r))
 
 
 if __name__ == '__main__':
