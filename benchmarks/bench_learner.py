@@ -125,7 +125,8 @@ def fastai_epoch(learn: Learner, batch, n: int) -> tuple[list[tuple[float, float
     return laps, wall
 
 
-def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, batch, n: int) -> tuple[list[tuple[float, float]], float]:
+def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, batch, n: int,
+               ) -> tuple[list[tuple[float, float]], float]:
     "Per-step (wall, CPU) seconds and the wall seconds of a plain PyTorch loop over `n` copies of `batch`."
     laps, t0 = [], time.perf_counter()
     model.train()
@@ -137,14 +138,15 @@ def plain_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, batch, n:
 
 
 def measure(cfg: Config, scale: float) -> dict:
-    "Interleaved rounds of both methods on twin copies of one model: per method, a list of (step laps, epoch wall) per round."
+    "Interleaved rounds of both methods on twin copies of one model: per method, (step laps, epoch wall) per round."
     seed_everything(0)
     batch, model = _batch(cfg), cfg.build()
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW(twin.parameters(), lr=LR)
-    learn = Learner(_dls(batch, 1), model, loss_func=get_loss('combo'), opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
-                    lr=LR, cbs=[StepTimer(), NoValidation()])
-    runs = {'fastai': lambda n: fastai_epoch(learn, batch, n), 'plain': lambda n: plain_epoch(twin, opt, get_loss('combo'), batch, n)}
+    learn = Learner(_dls(batch, 1), model, loss_func=get_loss('combo'), lr=LR, cbs=[StepTimer(), NoValidation()],
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW))
+    runs = {'fastai': lambda n: fastai_epoch(learn, batch, n),
+            'plain': lambda n: plain_epoch(twin, opt, get_loss('combo'), batch, n)}
     for f in runs.values(): f(cfg.warmup)
     res, t0 = {k: [] for k in runs}, time.perf_counter()
     for r in range(max(2, math.ceil(cfg.rounds * scale))):
@@ -162,10 +164,11 @@ def _step_row(key: str, r: dict, clock: int) -> str:
     "Per-step medians and mins, their overheads, and the median over rounds of the paired (same round) ratio."
     p, f = _laps(r['plain'], clock), _laps(r['fastai'], clock)
     pm, fm, pmin, fmin = _med_ms(p), _med_ms(f), 1e3 * min(p), 1e3 * min(f)
-    paired = statistics.median(_med_ms(_laps([fr], clock)) / _med_ms(_laps([pr], clock)) for fr, pr in zip(r['fastai'], r['plain']))
+    paired = statistics.median(_med_ms(_laps([fr], clock)) / _med_ms(_laps([pr], clock))
+                               for fr, pr in zip(r['fastai'], r['plain']))
     ov = 100 * (fm / pm - 1)
-    return (f"{key:10s} {pm:9.1f} ({pmin:7.1f}) {fm:9.1f} ({fmin:7.1f}) {fm - pm:+8.2f} {ov:+8.1f}% {100 * (fmin / pmin - 1):+7.1f}% "
-            f"{100 * (paired - 1):+7.1f}%  {'yes' if ov <= 10 else 'NO'}")
+    return (f"{key:10s} {pm:9.1f} ({pmin:7.1f}) {fm:9.1f} ({fmin:7.1f}) {fm - pm:+8.2f} {ov:+8.1f}% "
+            f"{100 * (fmin / pmin - 1):+7.1f}% {100 * (paired - 1):+7.1f}%  {'yes' if ov <= 10 else 'NO'}")
 
 
 def _epoch_row(key: str, cfg: Config, r: dict) -> str:
@@ -185,16 +188,17 @@ def main():
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, fastai {fastai.__version__}; {torch.get_num_threads()} torch threads on "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} (a shared machine: other processes may run)")
-    print("optimizer in both: torch.optim.AdamW(lr=1e-3); fastai gets it as opt_func=partial(OptimWrapper, opt=torch.optim.AdamW)")
+    print("optimizer in both: torch.optim.AdamW(lr=1e-3); "
+          "fastai gets it as opt_func=partial(OptimWrapper, opt=torch.optim.AdamW)")
     rows, t_start = [], time.perf_counter()
     for key in a.configs:
         cfg, t0 = CONFIGS[key], time.perf_counter()
         torch.set_num_threads(cfg.threads or a.threads)
         r = measure(cfg, a.scale)
         torch.set_num_threads(a.threads)
-        print(f"{key}: {cfg.name}, {cfg.threads or a.threads} thread(s); {cfg.warmup} warm-up + {cfg.steps * len(r['plain'])} timed steps per method "
-              f"({len(r['plain'])} interleaved rounds of {cfg.steps}); {time.perf_counter() - t0:.0f} s; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print(f"{key}: {cfg.name}, {cfg.threads or a.threads} thread(s); {cfg.warmup} warm-up + "
+              f"{cfg.steps * len(r['plain'])} timed steps per method ({len(r['plain'])} interleaved rounds of {cfg.steps}); "
+              f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f}")
         rows.append((key, cfg, r))
     print(f"fastai callbacks: {', '.join(rows[0][2]['cbs'])}; fastai optimizer: OptimWrapper({rows[0][2]['opt']}); "
           f"total {time.perf_counter() - t_start:.0f} s")
@@ -208,8 +212,10 @@ def main():
     fixed = {k: r for k, _, r in rows}.get('floor')
     if fixed is not None and len(rows) > 1:
         ms = _med_ms(_laps(fixed['fastai'], 1)) - _med_ms(_laps(fixed['plain'], 1))
-        print(f"\nthe Learner's fixed cost per step (floor, CPU medians): {ms:.2f} ms, i.e. an expected overhead of "
-              + '; '.join(f"{100 * ms / _med_ms(_laps(r['plain'], 1)):.2f}% for {k}" for k, _, r in rows if k != 'floor'))
+        # a fixed single-threaded cost adds to the wall time; over the least disturbed plain step: an upper estimate
+        est = '; '.join(f"{100 * ms / (1e3 * min(_laps(r['plain'], 0))):.2f}% for {k}" for k, _, r in rows if k != 'floor')
+        print(f"\nthe Learner's fixed cost per step (floor, CPU medians): {ms:.2f} ms; over the fastest plain step, "
+              f"an expected overhead of {est}")
     print("\nepoch wall time per step, ms (median over rounds; one learn.fit(1) per round), and fastai's cost per fit(1) "
           "call\nbeyond its steps (before/after_fit, progress bar, epoch log line), ms")
     print(f"{'config':10s} {'steps/epoch':>11s} {'plain':>9s} {'fastai':>9s} {'overhead':>9s} {'per fit ms':>11s}")

@@ -1,6 +1,6 @@
 """Benchmark pneumokit.postprocess.search_thresholds against brute force (apply_triplet + Dice over all images per triplet).
 
-Run: .venv/bin/python benchmarks/bench_search.py [--n 1000] [--size 1024] [--grid 20] [--n-brute 3] [--seed 0]
+Run: .venv/bin/python benchmarks/bench_search.py [--n 1000] [--size 1024] [--grid 20] [--n-brute 3] [--n-brute-metrics 1] [--seed 0]
 
 Synthetic out-of-fold maps: --n uint8 maps of --size² (1,000 × 1024² = 1 GB) and their 0/1 truths (another 1 GB) are
 generated chunk by chunk into temporary np.memmap files on disk (deleted at the end): random ellipses, about 22% of the
@@ -8,9 +8,10 @@ images positive; each map is the blurred truth scaled by a random confidence plu
 false blob (drawn at 1/8 resolution, blurred, and upsampled bilinearly, so generation stays cheap).
 The grid is --grid tops × --grid areas × --grid bottoms (20³ = 8,000 triplets). The search is timed as its two parts:
 the one-off summary pass (`map_histograms`, one read of every map) and the scoring of the whole grid (`grid_scores`).
-Brute force (apply_triplet then `dice_per_image`, in chunks of 50 images so that RAM stays bounded; the mean over all
-images is `kaggle_dice`) is timed on --n-brute grid points in the same run, checked equal to the search's scores, and
-extrapolated to the whole grid. One thread everywhere. Not part of the test suite.
+Brute force is apply_triplet then the per-image Dice, in chunks of 50 images so that RAM stays bounded (the mean over
+all images is `kaggle_dice`), in two flavours: with a plain-numpy Dice on --n-brute grid points, and with
+`pneumokit.metrics.dice_per_image` (torch; much slower) on --n-brute-metrics of them. Both are timed in the same run,
+checked equal to the search's scores, and extrapolated to the whole grid. One thread everywhere. Not part of the test suite.
 """
 from __future__ import annotations
 import os
@@ -63,12 +64,30 @@ def brute_force(probs, targs, top: float, area: int, bottom: float) -> float:
          for s in range(0, len(probs), CHUNK)]
     return float(np.concatenate(d).mean())
 
+def _np_dice(m: np.ndarray, t: np.ndarray) -> np.ndarray:
+    "Per-image Dice of 0/1 uint8 masks in plain numpy (1 where both are empty)."
+    m, t = m.reshape(len(m), -1), t.reshape(len(t), -1)
+    inter, total = (m & t).sum(1, dtype=np.int64), m.sum(1, dtype=np.int64) + t.sum(1, dtype=np.int64)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+
+def brute_force_np(probs, targs, top: float, area: int, bottom: float) -> float:
+    "The same with the Dice in numpy: a faster, fairer reference than pneumokit.metrics' torch Dice."
+    d = [_np_dice(apply_triplet(np.asarray(probs[s:s + CHUNK]), top, area, bottom), np.asarray(targs[s:s + CHUNK]))
+         for s in range(0, len(probs), CHUNK)]
+    return float(np.concatenate(d).mean())
+
 def _mb(nbytes: float) -> str: return f"{nbytes / 2**20:,.1f} MiB"
+
+def _rss() -> str:
+    "Current resident memory split into anonymous (heap) and file-backed (memmap pages, reclaimable) parts."
+    st = dict(l.split(':', 1) for l in Path('/proc/self/status').read_text().splitlines() if ':' in l)
+    return ', '.join(f"{k} {st[k].strip()}" for k in ('RssAnon', 'RssFile') if k in st)
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--n', type=int, default=1000); ap.add_argument('--size', type=int, default=1024)
     ap.add_argument('--grid', type=int, default=20); ap.add_argument('--n-brute', type=int, default=3)
+    ap.add_argument('--n-brute-metrics', type=int, default=1)
     ap.add_argument('--seed', type=int, default=0)
     a = ap.parse_args()
     print(f"load average before: {os.getloadavg()}; threads: torch {torch.get_num_threads()}, OMP {os.environ['OMP_NUM_THREADS']}")
@@ -95,21 +114,27 @@ def run(a, tmp: Path):
     print(f"search: summary pass {t_pass:.2f} s ({t_pass / a.n * 1e3:.2f} ms/image), grid of {n_grid:,} triplets {t_grid:.3f} s, "
           f"total {t_pass + t_grid:.2f} s")
     print(f"summaries {_mb(hist.nbytes + hist_pos.nbytes)}; tracemalloc peak during search {_mb(peak)}; "
-          f"ru_maxrss so far {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
+          f"ru_maxrss so far {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)} (counts the memmap pages "
+          f"written and read, which are file-backed); now {_rss()}")
     print("best triplets:\n" + res.head(3).to_string(index=False))
 
     rng = np.random.default_rng(a.seed)
     idx = [0] + list(rng.choice(np.arange(1, len(res)), a.n_brute - 1, replace=False))  # the best and random points
+    for name, f, pts in [('apply_triplet + numpy Dice', brute_force_np, idx), ('apply_triplet + pneumokit.metrics Dice', brute_force, idx[:a.n_brute_metrics])]:
+        if pts: _compare(name, f, probs, targs, res, pts, n_grid, t_pass, t_grid)
+    print(f"peak RSS (ru_maxrss, whole run incl. brute force) {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}; now {_rss()}")
+
+def _compare(name, f, probs, targs, res, idx, n_grid, t_pass, t_grid):
+    "Time brute force `f` at the grid points `idx`, check it equals the search, extrapolate to the grid."
     times = []
     for i in idx:
         r = res.iloc[i]
-        t0 = time.perf_counter(); d = brute_force(probs, targs, r.top, int(r.area), r.bottom); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); d = f(probs, targs, r.top, int(r.area), r.bottom); times.append(time.perf_counter() - t0)
         assert abs(d - r.dice) < 1e-12, f"brute force {d} differs from search {r.dice} at {tuple(r[['top', 'area', 'bottom']])}"
-        print(f"brute force at (top={r.top}, area={int(r.area)}, bottom={r.bottom}): dice {d:.6f} == search, {times[-1]:.2f} s")
+        print(f"[{name}] (top={r.top}, area={int(r.area)}, bottom={r.bottom}): dice {d:.6f} == search, {times[-1]:.2f} s")
     per = float(np.mean(times))
-    print(f"brute force: {per:.2f} s per triplet → {per * n_grid / 3600:.1f} h for {n_grid:,} (extrapolated); "
-          f"search {t_pass + t_grid:.2f} s in all → ratio {per * n_grid / (t_pass + t_grid):,.0f}×; "
-          f"grid alone vs brute force grid {per * n_grid / t_grid:,.0f}×")
-    print(f"peak RSS (ru_maxrss, whole run incl. brute force) {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
+    print(f"[{name}] {per:.2f} s per triplet → {per * n_grid / 3600:.1f} h for {n_grid:,} triplets (extrapolated); "
+          f"search {t_pass + t_grid:.2f} s in all → {per * n_grid / (t_pass + t_grid):,.0f}× faster; "
+          f"grid step alone {per * n_grid / t_grid:,.0f}×")
 
 if __name__ == '__main__': main()

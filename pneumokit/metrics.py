@@ -22,7 +22,9 @@ def _as_masks(x, what: str) -> Tensor:
     if x.ndim == 4 and x.shape[1] == 1: x = x[:, 0]
     if x.ndim != 3: raise ValueError(f"{what} must be binary masks N×H×W (or N×1×H×W), got shape {tuple(x.shape)}")
     if x.dtype != torch.bool:
-        if not ((x == 0) | (x == 1)).all():
+        lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+        # integer masks need only their range checked (fast); float masks need every value to be exactly 0 or 1
+        if lo < 0 or hi > 1 or (x.is_floating_point() and not ((x == 0) | (x == 1)).all()):
             raise ValueError(f"{what} must be bool or 0/1 masks (threshold probabilities first), got values other than 0 and 1")
         x = x != 0
     return x
