@@ -29,31 +29,7 @@ from pneumokit.submission import encode_map, make_submission
 TOP, MIN_AREA, BOTTOM, POS_FRAC = 0.75, 1500, 0.3, 0.22
 
 
-# --- the official Kaggle helper (mask_functions.py, as used by the 1st place), verbatim ----------------------------
-def mask2rle(img, width, height):
-    rle = []
-    lastColor = 0
-    currentPixel = 0
-    runStart = -1
-    runLength = 0
-    for x in range(width):
-        for y in range(height):
-            currentColor = img[x][y]
-            if currentColor != lastColor:
-                if currentColor == 255:
-                    runStart = currentPixel
-                    runLength = 1
-                else:
-                    rle.append(str(runStart))
-                    rle.append(str(runLength))
-                    runStart = -1
-                    runLength = 0
-                    currentPixel = 0
-            elif runStart > -1:
-                runLength += 1
-            lastColor = currentColor
-            currentPixel += 1
-    return " ".join(rle)
+from naive_reference import mask2rle  # the official per-pixel encoder the 1st place used
 
 def naive_encode_map(prob: np.ndarray) -> str:
     "The 1st place's post-processing + encoding of one float probability map (TripletSubmit.py, n_objects == 1)."
