@@ -35,11 +35,7 @@ def _existing(path: str | Path, what: str) -> Path:
     if not p.exists(): raise CliError(f"{what} not found: {p}")
     return p
 
-def _find_labels(folder: Path) -> Path | None:
-    "The label CSV of a SIIM-layout folder, if any."
-    for name in ('train-rle.csv', 'stage_2_train.csv', 'stage_2_train.csv.gz', 'train-rle.csv.gz'):
-        if (folder/name).exists(): return folder/name
-    return None
+
 
 # %% ../nbs/15_cli.ipynb #47e95582
 @call_parse

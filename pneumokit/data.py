@@ -25,7 +25,7 @@ from fasttransform import ItemTransform, Transform
 from matplotlib.colors import ListedColormap
 
 from .core import default_workers, get_device
-from .dicom import dicom_metadata, read_dicom
+from .dicom import dicom_metadata, read_dicom, rles_by_id
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
@@ -288,14 +288,6 @@ def siim_dataloaders(cache: str | Path, # cache folder from `build_cache`: `<cac
     return _dataloaders(dblock, folds, fold, bs, pos_frac, n_workers, seed, device, **kwargs)
 
 # %% ../nbs/06_data.ipynb #3a25eec8
-def _rles_by_id(labels: str | Path | pd.DataFrame) -> dict[str, tuple[str, ...]]:
-    "ImageId → RLE strings from a labels CSV, a `read_labels` or a `group_labels` DataFrame."
-    if isinstance(labels, (str, Path)): labels = read_labels(labels)
-    if not isinstance(labels, pd.DataFrame):
-        raise ValueError(f"`labels` must be a CSV path or a DataFrame, got {type(labels).__name__}")
-    if 'rles' not in labels: labels = group_labels(labels)
-    return dict(zip(labels.ImageId, labels.rles))
-
 class _DicomReader:
     "ImageId → `read_dicom(path, size)`."
     def __init__(self, paths: dict[str, str], size: int): self.paths, self.size = paths, size
@@ -338,7 +330,7 @@ def dicom_dataloaders(src: str | Path | Sequence[str | Path], # DICOM folder (an
                       **kwargs, # passed to `DataBlock.dataloaders`
                      ) -> DataLoaders:
     "`siim_dataloaders` straight from DICOM files and RLE labels, without a cache (slower)."
-    folds, rles, size = _check_folds(folds, fold), _rles_by_id(labels), int(size)
+    folds, rles, size = _check_folds(folds, fold), rles_by_id(labels), int(size)
     _check_labelled(folds.ImageId.tolist(), rles)
     meta = _dicom_index(src, folds.ImageId.tolist(), 0 if n_workers == 0 else None)
     shapes = {i: (int(r), int(c)) for i, r, c in zip(meta.index, meta.Rows, meta.Columns)}

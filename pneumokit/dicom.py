@@ -27,7 +27,7 @@ from .core import atomic_write, default_workers, write_bytes_atomic
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
-__all__ = ['DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'build_cache']
+__all__ = ['DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'rles_by_id', 'build_cache']
 
 # %% ../nbs/02_dicom.ipynb #6a66b2d3
 class DicomError(ValueError):
@@ -267,14 +267,15 @@ def _check_sizes(sizes) -> tuple[int, ...]:
     if not sizes: raise ValueError("`sizes` must hold at least one output size, got none")
     return tuple(sorted({_check_size(s, 'sizes', optional=False) for s in sizes}, reverse=True))
 
-def _rles_by_id(labels) -> dict[str, tuple[str, ...]] | None:
+def rles_by_id(labels: str | Path | pd.DataFrame | None, # label CSV, or a `read_labels`/`group_labels` DataFrame
+              ) -> dict[str, tuple[str, ...]] | None:
     "ImageId → RLE strings, from a labels CSV or a `read_labels`/`group_labels` DataFrame; `None` without labels."
     if labels is None: return None
     if isinstance(labels, (str, Path)): labels = read_labels(labels)
     if not isinstance(labels, pd.DataFrame):
         raise ValueError(f"`labels` must be a CSV path or a DataFrame, got {type(labels).__name__}")
     if {'ImageId', 'rles'} <= set(labels.columns): return dict(zip(labels.ImageId, labels.rles))
-    if {'ImageId', 'EncodedPixels'} <= set(labels.columns): return _rles_by_id(group_labels(labels))
+    if {'ImageId', 'EncodedPixels'} <= set(labels.columns): return rles_by_id(group_labels(labels))
     raise ValueError(f"`labels` needs columns ImageId and EncodedPixels (or rles), got {list(labels.columns)}")
 
 # %% ../nbs/02_dicom.ipynb #23e22041
@@ -342,7 +343,7 @@ def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched
                 progress: bool = True, # show progress bars
                ) -> pd.DataFrame:
     "Decode each DICOM once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
-    sizes, dest, paths, rles = _check_sizes(sizes), Path(dest), _as_paths(src), _rles_by_id(labels)
+    sizes, dest, paths, rles = _check_sizes(sizes), Path(dest), _as_paths(src), rles_by_id(labels)
     man = _plan(paths, _run(_id_or_error, paths, n_workers, progress), dest, sizes, rles)
     todo = man.index[man.status == 'todo']
     items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i])) for i in todo]
