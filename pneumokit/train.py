@@ -239,7 +239,7 @@ def train_fold(recipe: Recipe, # model and stages
         if i == s0 and run.started: load_model(folder/run.state['last'], learn.model, learn.opt, device=device)
         _fit_stage(learn, st, start, [FoldCheckpoint(run, i, st.epochs, start, writer=writer), *cbs], recipe.clip)
     if writer is not None: writer.close()
-    return _finish_fold(recipe, run, cache, folds, fold, folder, device, learn)
+    return _finish_fold(recipe, run, cache, folds, fold, folder, device)
 
 # %% ../nbs/10_train.ipynb #9c2ea804
 def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained with
@@ -288,7 +288,7 @@ def write_oof(models: Sequence[torch.nn.Module], # checkpoints' models (see `loa
 
 # %% ../nbs/10_train.ipynb #5ddc29fe
 def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold: int, folder: Path,
-                 device: torch.device, learn: Learner | None) -> dict:
+                 device: torch.device) -> dict:
     "Out-of-fold maps from the top-k checkpoints at the last stage's size, and the fold summary."
     st = recipe.stages[-1]
     dl = _stage_dls(recipe, st, cache, folds, fold, 0, device).valid
