@@ -68,6 +68,7 @@ def _check_metric_args(threshold: float, min_area: int, subset: str) -> None:
 
 def _binarize(logits: Tensor, threshold: float, min_area: int) -> Tensor:
     "Bool N×H×W masks: sigmoid(logits) > threshold, emptied where they have fewer than `min_area` pixels."
+    if isinstance(logits, (tuple, list)): logits = logits[0]  # (mask, label) of a model with an image-level head
     x = logits.as_subclass(Tensor)
     if x.ndim == 4 and x.shape[1] == 1: x = x[:, 0]
     if x.ndim != 3: raise ValueError(f"predictions must be logits N×1×H×W or N×H×W, got shape {tuple(logits.shape)}")

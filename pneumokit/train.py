@@ -20,17 +20,18 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.callback.training import GradientAccumulation, GradientClip
 from fastai.learner import Learner, load_model
+from fastai.optimizer import Adam, RAdam, SGD, ranger
 from fastprogress.fastprogress import progress_bar
 
 from .core import atomic_write, get_device, seed_everything, write_bytes_atomic
 from .data import set_dls, siim_dataloaders
 from .losses import get_loss
 from .metrics import KaggleDice, dice_per_image
-from .models import build_model, seg_learner
+from .models import AuxHeadLoss, build_model, seg_learner
 
 # %% auto #0
-__all__ = ['Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'train_fold', 'load_checkpoints', 'mean_probs',
-           'write_oof', 'load_oof', 'train_kfold']
+__all__ = ['OPTIMIZERS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'train_fold', 'load_checkpoints',
+           'mean_probs', 'write_oof', 'load_oof', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #2b4253eb
 @dataclass
@@ -63,6 +64,8 @@ def _check_stage(s: Stage, i: int) -> Stage:
     return s
 
 # %% ../nbs/10_train.ipynb #c37b91ac
+OPTIMIZERS = dict(adam=Adam, radam=RAdam, sgd=SGD, ranger=ranger)  # fastai optimizers by name
+
 @dataclass
 class Recipe:
     "A model and the stages that train it."
@@ -76,6 +79,8 @@ class Recipe:
     min_area: int = 0  # minimum predicted area of the validation metric
     top_k: int = 3  # checkpoints kept per fold (by validation Kaggle Dice)
     clip: float | None = None  # gradient-norm clipping, e.g. 1.0 (off by default: it slows from-scratch training)
+    opt: str = 'adam'  # optimizer: a key of `OPTIMIZERS` ('adam', 'radam', 'sgd', 'ranger')
+    aux_weight: float = 0.1  # weight of the image-level BCE for models with a classification head (`aux=True`)
     seed: int = 0  # random seed
     deterministic: bool = False  # deterministic kernels (slower)
 
@@ -83,6 +88,7 @@ class Recipe:
         self.stages = [_check_stage(s if isinstance(s, Stage) else Stage(**s), i) for i, s in enumerate(self.stages)]
         if not self.stages: raise ValueError("a recipe needs at least one stage")
         if self.top_k < 1: raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.opt not in OPTIMIZERS: raise ValueError(f"opt={self.opt!r}, expected one of {list(OPTIMIZERS)}")
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -105,6 +111,14 @@ class RunState:
         self.folder, self.top_k = Path(folder), top_k
         f = self.folder/'state.json'
         self.state = json.loads(f.read_text()) if f.exists() else dict(stage=0, epoch=0, last=None, history=[], topk=[])
+        self._sweep()
+
+    def _sweep(self):
+        "Remove checkpoints `state.json` does not name: left behind when a run is killed between saving and cleaning up."
+        if not self.folder.exists(): return
+        keep = {self.state['last'], *(r['file'] for r in self.state['topk'])}
+        for f in [*self.folder.glob('last_*.pth'), *self.folder.glob('model_*.pth'), *self.folder.glob('.*.tmp')]:
+            if f.name not in keep: f.unlink(missing_ok=True)
 
     @property
     def position(self) -> tuple[int, int]: return self.state['stage'], self.state['epoch']
@@ -164,23 +178,29 @@ def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int,
     return siim_dataloaders(cache, st.size, f, fold, bs=st.bs, aug=st.aug, pos_frac=st.pos_frac,
                             n_workers=n_workers, seed=recipe.seed, device=device)
 
+def _stage_loss(recipe: Recipe, st: Stage, model: torch.nn.Module):
+    "The stage's loss; for a model with an image-level head, inside `AuxHeadLoss` (the head learns 'any mask?')."
+    loss = get_loss(st.loss, **st.loss_kwargs)
+    return AuxHeadLoss(loss, recipe.aux_weight) if getattr(model, 'classification_head', None) is not None else loss
+
 def _metrics(recipe: Recipe) -> list:
     return [KaggleDice(recipe.threshold, recipe.min_area, subset=s) for s in ('all', 'pos', 'neg')]
 
 def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path) -> Learner:
     "The fold's Learner; on CUDA with mixed precision and channels-last memory."
-    learn = seg_learner(dls, recipe.arch, recipe.encoder, recipe.weights, loss_func=get_loss(st.loss, **st.loss_kwargs),
-                        metrics=_metrics(recipe), freeze_bn=recipe.freeze_bn, freeze=False,
-                        model_kwargs=recipe.model_kwargs, path=folder, model_dir='.')
+    learn = seg_learner(dls, recipe.arch, recipe.encoder, recipe.weights, metrics=_metrics(recipe),
+                        freeze_bn=recipe.freeze_bn, freeze=False, model_kwargs=recipe.model_kwargs,
+                        opt_func=OPTIMIZERS[recipe.opt], path=folder, model_dir='.')
+    learn.loss_func = _stage_loss(recipe, st, learn.model)
     if device.type == 'cuda': learn.add_cbs([ChannelsLast(), MixedPrecision()])
     return learn
 
 # %% ../nbs/10_train.ipynb #e68c2ab0
 def _lr(st: Stage): return slice(*st.lr) if isinstance(st.lr, (tuple, list)) and len(st.lr) == 2 else st.lr
 
-def _prepare_stage(learn: Learner, st: Stage):
+def _prepare_stage(recipe: Recipe, learn: Learner, st: Stage):
     "Loss and frozen/unfrozen encoder for a stage (creates the optimizer)."
-    learn.loss_func = get_loss(st.loss, **st.loss_kwargs)
+    learn.loss_func = _stage_loss(recipe, st, learn.model)
     learn.freeze() if st.frozen else learn.unfreeze()
 
 def _fit_stage(learn: Learner, st: Stage, start_epoch: int, cbs: list, clip: float | None = None):
@@ -235,7 +255,7 @@ def train_fold(recipe: Recipe, # model and stages
         dls.train.epoch = start  # the positive-rate schedule resumes where it stopped
         if learn is None: learn = _learner(recipe, dls, st, device, folder)
         else: set_dls(learn, dls)
-        _prepare_stage(learn, st)
+        _prepare_stage(recipe, learn, st)
         if i == s0 and run.started: load_model(folder/run.state['last'], learn.model, learn.opt, device=device)
         _fit_stage(learn, st, start, [FoldCheckpoint(run, i, st.epochs, start, writer=writer), *cbs], recipe.clip)
     if writer is not None: writer.close()
