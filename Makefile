@@ -31,8 +31,9 @@ check-nbdev: $(STAMP)
 nbtest: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers $(NB_WORKERS) --timing
 
+# Two test processes, one torch thread each (two busy processes with two threads each on two cores run several times slower).
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(NB_WORKERS) --dist loadfile --durations=10 tests
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['level_cut', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate', 'classifier_gate', 'map_histograms',
-           'grid_scores', 'search_thresholds', 'plot_search']
+           'grid_scores', 'search_thresholds', 'ratio_grid_scores', 'search_ratio_gate', 'plot_search']
 
 # %% ../nbs/12_postprocess.ipynb #43b4dc8a
 def _check_threshold(t, name: str) -> float:
@@ -206,6 +206,34 @@ def search_thresholds(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list o
                      ) -> pd.DataFrame:
     "Kaggle Dice of `apply_triplet` for every (top, area, bottom), one row each, best first: one pass over the maps."
     return grid_scores(*map_histograms(probs, targs), tops, areas, bottoms)
+
+# %% ../nbs/12_postprocess.ipynb #a0665e04
+def _nanmean(x: np.ndarray) -> float: return float(x.mean()) if len(x) else float('nan')
+
+def ratio_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map_histograms`
+                      hist_pos: np.ndarray, # (N, 256) level counts over each truth's pixels
+                      ratios: Sequence[float], # fractions of images kept positive, in [0, 1]
+                      bottoms: Sequence[float], # mask thresholds in [0, 1]
+                     ) -> pd.DataFrame:
+    "Kaggle Dice of the positive-ratio gate for every (ratio, bottom), best first, from the per-image histograms."
+    ratios, bottoms = _check_grid(ratios, 'ratios', _check_threshold), _check_grid(bottoms, 'bottoms', _check_threshold)
+    d1, d0, pred = _image_dice(hist, hist_pos, bottoms)
+    pos, rows = d0 == 0, []
+    for j, b in enumerate(bottoms):
+        for r in ratios:
+            keep = positive_ratio_gate(pred[:, j], r)
+            d = np.where(keep, d1[:, j], d0)
+            rows.append(dict(ratio=r, bottom=b, dice=d.mean(), dice_pos=_nanmean(d[pos]), dice_neg=_nanmean(d[~pos]),
+                             n_pred_pos=int(keep.sum())))
+    return pd.DataFrame(rows).sort_values('dice', ascending=False, kind='stable', ignore_index=True)
+
+def search_ratio_gate(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays
+                      targs, # 0/1 truth masks N×H×W, or a list, in the same image order
+                      ratios: Sequence[float], # fractions of images kept positive
+                      bottoms: Sequence[float], # mask thresholds
+                     ) -> pd.DataFrame:
+    "Kaggle Dice of `positive_ratio_gate` on `prob > bottom` masks for every (ratio, bottom), best first."
+    return ratio_grid_scores(*map_histograms(probs, targs), ratios, bottoms)
 
 # %% ../nbs/12_postprocess.ipynb #50ded187
 def _heatmap(ax, res: pd.DataFrame, best: pd.Series) -> None:

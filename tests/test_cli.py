@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ['synth', 'preprocess', 'audit', 'eda', 'demo']
+COMMANDS = ['synth', 'preprocess', 'audit', 'eda', 'folds', 'train', 'search', 'predict', 'submit', 'configs', 'demo']
 
 
 def test_usage_lists_commands():
@@ -41,8 +41,16 @@ def test_bad_inputs(tmp_path):
     _one_line_failure(run_cli('preprocess', tmp_path, tmp_path/'c', '--sizes', '256,big', check=False), '--sizes')
     _one_line_failure(run_cli('audit', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
     _one_line_failure(run_cli('eda', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
-    _one_line_failure(run_cli('demo', '--sizes', 'x', '--data', tmp_path/'d', '--report', tmp_path/'r',
-                              '--n-train', 8, '--n-test', 2, '--size', 128, check=False), '--sizes')
+    _one_line_failure(run_cli('demo', '--config', 'siim-99th', '--data', tmp_path/'d', '--report', tmp_path/'r',
+                              check=False), "config 'siim-99th' not found")
+    _one_line_failure(run_cli('folds', tmp_path/'missing.csv', check=False), 'label CSV not found')
+    _one_line_failure(run_cli('train', 'demo', tmp_path/'nocache', tmp_path/'f.csv', tmp_path/'run', check=False), 'PNG cache not found')
+    _one_line_failure(run_cli('search', tmp_path/'norun', check=False), 'run folder not found')
+    _one_line_failure(run_cli('predict', tmp_path, tmp_path, check=False), 'config.yaml not found')
+    _one_line_failure(run_cli('submit', tmp_path/'p.npy', check=False), 'give --thresholds')
+    bad = tmp_path/'bad.yaml'
+    bad.write_text('base: demo\nstages:\n  - {size: 64, epoch: 2}\n')
+    _one_line_failure(run_cli('train', bad, tmp_path, tmp_path, tmp_path/'run', check=False), 'bad.yaml: unknown key `stages[0].epoch`')
 
 
 def test_commands_end_to_end(tmp_path):

@@ -1,0 +1,106 @@
+"""The volumes workflow through its public entry points, as an outside user calls them: synthetic spine → slice cache →
+reassembled NIfTI volumes, exact for every axis and size; slicing in worker processes; per-class metrics by hand."""
+import inspect
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumokit.volumes import (SPINE_CODES, find_volume_pairs, make_synthetic_spine, multiclass_dice, read_slice_cache,
+                               read_volume_pair, reassemble, slice_volumes, write_nifti)
+
+
+@pytest.fixture(scope='module')
+def spine(tmp_path_factory) -> Path:
+    return make_synthetic_spine(tmp_path_factory.mktemp('spine'), n_cases=3, seed=1)
+
+
+def _labels_back(slices: pd.DataFrame, meta: dict, case: str) -> np.ndarray:
+    rows = slices[slices.case == case].sort_values('index')
+    return np.asarray(reassemble(np.stack([cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in rows.label]), meta[case]).dataobj)
+
+
+def test_entry_point_signatures():
+    "External checks call these names with these defaults."
+    sig = lambda f: {k: v.default for k, v in inspect.signature(f).parameters.items()}
+    assert list(sig(make_synthetic_spine))[:3] == ['dest', 'n_cases', 'seed']
+    assert (sig(make_synthetic_spine)['n_cases'], sig(make_synthetic_spine)['seed']) == (6, 0)
+    assert list(sig(slice_volumes))[:4] == ['folder', 'dest', 'axis', 'size']
+    assert (sig(slice_volumes)['axis'], sig(slice_volumes)['size']) == (2, 256)
+    assert list(sig(reassemble)) == ['slice_preds', 'case_meta']
+    assert list(sig(multiclass_dice))[:3] == ['pred', 'targ', 'n_classes']
+
+
+def test_synthetic_layout_and_determinism(spine, tmp_path):
+    assert sorted(p.relative_to(spine).as_posix() for p in spine.rglob('*.nii.gz')) == \
+        ['MR/Case1.nii.gz', 'MR/Case2.nii.gz', 'MR/Case3.nii.gz',
+         'Mask/mask_case1.nii.gz', 'Mask/mask_case2.nii.gz', 'Mask/mask_case3.nii.gz']
+    assert not list(spine.rglob('.*'))  # no temporary file left behind
+    again = make_synthetic_spine(tmp_path, n_cases=1, seed=1)
+    for sub in ('MR/Case1.nii.gz', 'Mask/mask_case1.nii.gz'):
+        assert np.array_equal(np.asarray(nib.load(again/sub).dataobj), np.asarray(nib.load(spine/sub).dataobj))
+    lab = np.asarray(nib.load(spine/'Mask'/'mask_case2.nii.gz').dataobj)
+    assert sorted(np.unique(lab)) == list(range(20))
+
+
+@pytest.mark.parametrize('axis,size,drop', [(2, 256, False), (2, 64, True), (1, 80, True), (0, None, False), (0, 64, True)])
+def test_round_trip_is_exact(spine, tmp_path, axis, size, drop):
+    "Slicing along any axis, at the slice's size or larger, then reassembling, gives back the label volume and affine."
+    slices = slice_volumes(spine, tmp_path, axis=axis, size=size, drop_empty_edges=drop)
+    assert list(slices.columns[:4]) == ['case', 'index', 'image', 'label']
+    _, meta = read_slice_cache(tmp_path)
+    for case, pair in find_volume_pairs(spine).set_index('case').iterrows():
+        _, lab, aff = read_volume_pair(pair.image, pair.label)
+        assert len(slices[slices.case == case]) <= lab.shape[axis]
+        back = _labels_back(slices, meta, case)
+        assert back.shape == lab.shape and np.array_equal(back, lab)
+        assert np.array_equal(np.array(meta[case]['affine']), aff)
+
+
+def test_written_volume_reads_back(spine, tmp_path):
+    slices = slice_volumes(spine, tmp_path/'cache', size=128)
+    _, meta = read_slice_cache(tmp_path/'cache')
+    rows = slices[slices.case == 'Case3'].sort_values('index')
+    img = reassemble(np.stack([cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in rows.label]), meta['Case3'])
+    assert isinstance(img, nib.Nifti1Image)
+    out = write_nifti(img, tmp_path/'pred'/'mask_case3.nii.gz')
+    back = nib.load(out)
+    truth = nib.load(spine/'Mask'/'mask_case3.nii.gz')
+    assert np.array_equal(np.asarray(back.dataobj), np.asarray(truth.dataobj))
+    assert np.allclose(back.affine, truth.affine)
+
+
+def test_slicing_in_worker_processes_matches_serial(spine, tmp_path):
+    serial = slice_volumes(spine, tmp_path/'a', size=64)
+    para = slice_volumes(spine, tmp_path/'b', size=64, n_workers=2)
+    assert serial.drop(columns=['image', 'label']).equals(para.drop(columns=['image', 'label']))
+    for a, b in zip(serial.image, para.image): assert np.array_equal(cv2.imread(a), cv2.imread(b))
+
+
+def test_flat_folder_and_bad_cases(tmp_path):
+    "A flat MRSpineSeg folder pairs by name; a shape mismatch names the case when slicing."
+    aff = np.eye(4)
+    write_nifti(nib.Nifti1Image(np.zeros((16, 16, 8), np.int16), aff), tmp_path/'Case10.nii.gz')
+    write_nifti(nib.Nifti1Image(np.zeros((16, 16, 8), np.uint8), aff), tmp_path/'mask_case10.nii.gz')
+    write_nifti(nib.Nifti1Image(np.zeros((16, 16, 8), np.int16), aff), tmp_path/'Case2.nii.gz')
+    write_nifti(nib.Nifti1Image(np.zeros((16, 16, 9), np.uint8), aff), tmp_path/'mask_case2.nii.gz')
+    assert find_volume_pairs(tmp_path).case.tolist() == ['Case2', 'Case10']
+    with pytest.raises(ValueError, match=r'case Case2: image shape \(16, 16, 8\) differs from label shape \(16, 16, 9\)'):
+        slice_volumes(tmp_path, tmp_path/'cache', size=16)
+
+
+def test_multiclass_dice_by_hand():
+    "Classes absent from both prediction and truth in a slice are left out of that slice's scores."
+    targ = np.array([[[0, 1, 1, 2]], [[0, 0, 0, 0]]])
+    pred = np.array([[[0, 1, 2, 2]], [[0, 0, 3, 0]]])
+    tab = multiclass_dice(pred, targ, 4)
+    assert len(tab) == 4
+    assert np.allclose(tab.dice.values, [(1 + 6 / 7) / 2, 2 / 3, 2 / 3, 0.0])
+    assert tab.n_slices.tolist() == [2, 1, 1, 1]
+    assert tab.fp.tolist() == [0, 0, 1, 1] and tab.fn.tolist() == [1, 1, 0, 0]
+    named = multiclass_dice(pred, targ, 4, codes=['bg', 'a', 'b', 'c'])
+    assert named.index.tolist() == ['bg', 'a', 'b', 'c']
+    assert np.isnan(multiclass_dice(targ, targ, len(SPINE_CODES)).dice[5])  # never present: not scored, not 1
