@@ -8,7 +8,12 @@ STAMP := $(VENV)/.pneumokit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 NB_WORKERS ?= 2
 
-.PHONY: install demo test check-nbdev nbtest pytest bench readme clean
+.PHONY: install demo test check-nbdev nbtest pytest bench readme clean browser-deps test-browser test-fresh screenshots
+# Python Playwright drives Debian's Chromium (apt); it never downloads a browser.
+PLAYWRIGHT := playwright==1.65.2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# On CI (CI=true) `make test` installs the browser first, so the JupyterLab browser test runs (it skips without Chromium locally).
+CI_BROWSER := $(if $(filter 1 true yes on True TRUE Yes YES On ON,$(CI)),browser-deps)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,17 +28,34 @@ demo: $(STAMP)
 	$(BIN)/pneumokit demo
 
 # CI order: notebooks clean, library in sync, notebook tests, pytest.
-test: $(STAMP) check-nbdev nbtest pytest
+test: $(STAMP) $(CI_BROWSER) check-nbdev nbtest pytest
 
 check-nbdev: $(STAMP)
 	$(BIN)/python tests/check_nbdev.py
 
+# nbdev-test on a fresh copy of the tracked files (no state from `make demo` or earlier runs), two notebooks at a time.
 nbtest: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers $(NB_WORKERS) --timing
+	OMP_NUM_THREADS=1 $(BIN)/python tests/run_notebooks.py --n-workers $(NB_WORKERS) --timing
 
 # Two test processes, one torch thread each (two busy processes with two threads each on two cores run several times slower).
 pytest: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(NB_WORKERS) --dist loadfile --durations=10 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(NB_WORKERS) --dist loadfile --durations=10 tests --ignore=tests/test_fresh_kernel.py
+
+# Headless Chromium (Debian's package) and Playwright for tests/test_browser.py; skipped when already there.
+browser-deps: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/python -m pip install -q '$(PLAYWRIGHT)'
+
+test-browser: browser-deps
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_browser.py
+
+# Every notebook in a real Jupyter kernel (not nbdev-test's shell), in a fresh copy of the repo: slower, not in `make test`.
+test-fresh: $(STAMP)
+	OMP_NUM_THREADS=1 NB_WORKERS=$(NB_WORKERS) PNEUMOKIT_FRESH_ALL=1 $(BIN)/python -m pytest tests/test_fresh_kernel.py
+
+# Retake the README's screenshots (docs/screenshots) with the browser test; commit them with the change that moved them.
+screenshots: browser-deps
+	OMP_NUM_THREADS=1 PNEUMOKIT_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py -k tutorial
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -14,7 +14,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything', 'get_device', 'default_workers',
-           'atomic_write', 'write_bytes_atomic']
+           'atomic_write', 'write_bytes_atomic', 'show_figures_inline']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -118,3 +118,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_write(path) as f: f.write(data)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #d129cdf8
+def show_figures_inline():
+    "Display bare matplotlib `Figure`s as PNG in the running IPython/Jupyter (no-op outside IPython)."
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+        from matplotlib.figure import Figure
+    except ImportError: return
+    ip = get_ipython()
+    if ip is None: return
+    ip.display_formatter.formatters['image/png'].for_type(Figure, lambda fig: print_figure(fig, 'png', bbox_inches='tight'))
+
+show_figures_inline()

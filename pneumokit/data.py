@@ -15,9 +15,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import IndexSplitter, Normalize
+from fastai.distributed import DistributedDL
 from fastai.learner import Learner
 from fastai.vision.core import AddMaskCodes, PILImageBW, PILMask, TensorImage, TensorMask, imagenet_stats
 from fastai.vision.data import ImageBlock
@@ -30,7 +32,7 @@ from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
 __all__ = ['AUG_PRESETS', 'SIIM_CODES', 'get_augs', 'AlbumentationsTransform', 'pos_frac_at', 'epoch_length', 'sample_pos_frac',
-           'PosFracDL', 'SIIMMask', 'PILSIIMMask', 'GreyToRGB', 'siim_datablock', 'siim_dataloaders',
+           'PosFracDL', 'ShardedDL', 'SIIMMask', 'PILSIIMMask', 'GreyToRGB', 'siim_datablock', 'siim_dataloaders',
            'dicom_dataloaders', 'set_dls']
 
 # %% ../nbs/06_data.ipynb #f7c618f2
@@ -168,6 +170,21 @@ class PosFracDL(TfmdDL):
         super().after_iter()
         self.epoch += 1
 
+# %% ../nbs/06_data.ipynb #ae12b8a6
+class ShardedDL(DistributedDL):
+    "fastai's `DistributedDL` for any backend: each rank takes its shard of rank 0's epoch (gloo on CPU, NCCL on GPU)."
+    def _broadcast(self, t, rank):
+        "`t` as `rank` drew it, on every rank; unchanged without a process group."
+        if not dist.is_initialized(): return list(t)
+        t = torch.tensor(list(t), dtype=torch.long, device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+        dist.broadcast(t, rank)
+        return t.cpu().tolist()
+
+    def __len__(self) -> int:
+        "Batches per rank: the epoch padded to a multiple of the ranks, sliced, then batched."
+        per = -(-self.dl.n // self.world_size)
+        return per // self.bs if self.drop_last else -(-per // self.bs)
+
 # %% ../nbs/06_data.ipynb #676ad92e
 SIIM_CODES = ['background', 'pneumothorax']
 _MASK_CMAP = ListedColormap([(0, 0, 0, 0), (1, 0.1, 0.1, 1)])  # background transparent, pneumothorax red
@@ -244,7 +261,7 @@ def _loader_workers(n_workers: int | None, device: torch.device) -> int:
         if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 0:
             raise ValueError(f"`n_workers` must be an int >= 0, got {n_workers!r}")
         return int(n_workers)
-    cores = default_workers()
+    cores = default_workers() // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # DDP: the processes share the cores
     return 0 if device.type == 'cpu' and cores <= 2 else min(8, cores)
 
 # %% ../nbs/06_data.ipynb #a22ff09d

@@ -77,6 +77,10 @@ def _binarize(logits: Tensor, threshold: float, min_area: int) -> Tensor:
     return masks
 
 # %% ../nbs/08_metrics.ipynb #9a54bed0
+def _gather(learn, x: Tensor) -> Tensor:
+    "`x` detached on the CPU; in a distributed run, the rows of every rank's batch, without the loader's padding."
+    return learn.to_detach(x) if hasattr(learn, 'to_detach') else x.detach().cpu()
+
 class KaggleDice(Metric):
     "Mean per-image Dice (empty/empty = 1) of thresholded sigmoid predictions, over all, positive or negative images."
     def __init__(self, threshold: float = 0.5, # threshold on sigmoid probabilities
@@ -91,9 +95,9 @@ class KaggleDice(Metric):
 
     def accumulate(self, learn):
         p, t = _mask_pair(_binarize(learn.pred, self.threshold, self.min_area), learn.y)
-        scores = _dice_scores(p, t)
-        if self.subset != 'all': scores = scores[t.flatten(1).any(1) == (self.subset == 'pos')]
-        self.scores.append(scores.detach().cpu())
+        s = _gather(learn, torch.stack([_dice_scores(p, t), t.flatten(1).any(1).double()], 1))  # (score, has truth)
+        if self.subset != 'all': s = s[(s[:, 1] > 0) == (self.subset == 'pos')]
+        self.scores.append(s[:, 0])
 
     @property
     def value(self) -> float:

@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #01cfe317
 from __future__ import annotations
-import json
+import json, os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,17 +14,23 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
+from accelerate import PartialState
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.callback.training import GradientAccumulation, GradientClip
+from fastai.distributed import DistributedTrainer
 from fastai.learner import Learner, load_model
 from fastai.optimizer import Adam, RAdam, SGD, ranger
+from fastai.torch_core import distrib_barrier, num_distrib, rank_distrib
 from fastprogress.fastprogress import progress_bar
+from torch.nn.parallel import DistributedDataParallel
 
 from .core import atomic_write, get_device, seed_everything, write_bytes_atomic
-from .data import set_dls, siim_dataloaders
+from .data import ShardedDL, set_dls, siim_dataloaders
 from .losses import get_loss
 from .metrics import KaggleDice, dice_per_image
 from .models import AuxHeadLoss, build_model, seg_learner
@@ -93,12 +99,16 @@ class Recipe:
     def to_dict(self) -> dict: return asdict(self)
 
 # %% ../nbs/10_train.ipynb #03e479d1
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    "The model inside a `DistributedDataParallel` wrapper (state-dict keys without `module.`)."
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
 def save_checkpoint(learn: Learner, # model (and optimizer) to save
                     path: str | Path, # destination file, written atomically
                     with_opt: bool = True, # also save the optimizer state (needed to resume)
                    ) -> Path:
     "Save `learn`'s model (and optimizer) state atomically."
-    state = learn.model.state_dict()
+    state = _bare(learn.model).state_dict()
     if with_opt and learn.opt is not None: state = {'model': state, 'opt': learn.opt.state_dict()}
     with atomic_write(path) as f: torch.save(state, f)
     return Path(path)
@@ -107,15 +117,16 @@ def save_checkpoint(learn: Learner, # model (and optimizer) to save
 class RunState:
     "The resumable state of one fold's run, kept in `folder/state.json`."
     def __init__(self, folder: str | Path, # the fold's run folder
-                 top_k: int = 3): # checkpoints to keep
-        self.folder, self.top_k = Path(folder), top_k
+                 top_k: int = 3, # checkpoints to keep
+                 main: bool = True): # False on the other ranks of a distributed run: they keep the state in memory only
+        self.folder, self.top_k, self.main = Path(folder), top_k, main
         f = self.folder/'state.json'
         self.state = json.loads(f.read_text()) if f.exists() else dict(stage=0, epoch=0, last=None, history=[], topk=[])
         self._sweep()
 
     def _sweep(self):
         "Remove checkpoints `state.json` does not name: left behind when a run is killed between saving and cleaning up."
-        if not self.folder.exists(): return
+        if not self.main or not self.folder.exists(): return
         keep = {self.state['last'], *(r['file'] for r in self.state['topk'])}
         for f in [*self.folder.glob('last_*.pth'), *self.folder.glob('model_*.pth'), *self.folder.glob('.*.tmp')]:
             if f.name not in keep: f.unlink(missing_ok=True)
@@ -131,20 +142,24 @@ class RunState:
     def _update_topk(self, learn: Learner, name: str, row: dict):
         ranked = sorted(self.state['topk'] + [dict(row, file=name)], key=lambda r: -r['score'])
         keep, drop = ranked[:self.top_k], ranked[self.top_k:]
-        if any(r['file'] == name for r in keep): save_checkpoint(learn, self.folder/name, with_opt=False)
+        if self.main and any(r['file'] == name for r in keep): save_checkpoint(learn, self.folder/name, with_opt=False)
         self.state['topk'] = keep
         return [r['file'] for r in drop if r['file'] != name]
 
     def epoch_done(self, learn: Learner, stage: int, epoch: int, n_epochs: int, row: dict):
         "Record a finished epoch: new last checkpoint, top-k update, then `state.json`; old files removed after."
         last = f'last_s{stage}_e{epoch}.pth'
-        save_checkpoint(learn, self.folder/last)
+        if self.main: save_checkpoint(learn, self.folder/last)
         drop = self._update_topk(learn, f'model_s{stage}_e{epoch}.pth', row)
         old, done = self.state['last'], epoch + 1 == n_epochs
         self.state.update(stage=stage + done, epoch=0 if done else epoch + 1, last=last)
         self.state['history'].append(row)
+        if self.main: self._commit(drop + ([old] if old and old != last else []))
+
+    def _commit(self, stale: list[str]):
+        "Write `state.json`, then remove the files it no longer names, then the history CSV."
         self._write()
-        for f in drop + ([old] if old and old != last else []): (self.folder/f).unlink(missing_ok=True)
+        for f in stale: (self.folder/f).unlink(missing_ok=True)
         write_bytes_atomic(self.folder/'history.csv', pd.DataFrame(self.state['history']).to_csv(index=False).encode())
 
     def best_files(self) -> list[Path]: return [self.folder/r['file'] for r in self.state['topk']]
@@ -172,11 +187,12 @@ class FoldCheckpoint(Callback):
             self.writer.flush()
 
 # %% ../nbs/10_train.ipynb #d1a486f5
-def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device):
+def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, rank: int = 0):
     "DataLoaders for one stage (positives-only stages keep the full validation fold)."
     f = folds[(folds.fold == fold) | folds.has_mask] if st.positives_only else folds
+    # each DDP rank augments its shard with its own seed; the epoch's sample is rank 0's (broadcast by `ShardedDL`)
     return siim_dataloaders(cache, st.size, f, fold, bs=st.bs, aug=st.aug, pos_frac=st.pos_frac,
-                            n_workers=n_workers, seed=recipe.seed, device=device)
+                            n_workers=n_workers, seed=recipe.seed + rank, device=device)
 
 def _stage_loss(recipe: Recipe, st: Stage, model: torch.nn.Module):
     "The stage's loss; for a model with an image-level head, inside `AuxHeadLoss` (the head learns 'any mask?')."
@@ -186,13 +202,26 @@ def _stage_loss(recipe: Recipe, st: Stage, model: torch.nn.Module):
 def _metrics(recipe: Recipe) -> list:
     return [KaggleDice(recipe.threshold, recipe.min_area, subset=s) for s in ('all', 'pos', 'neg')]
 
-def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path) -> Learner:
-    "The fold's Learner; on CUDA with mixed precision and channels-last memory."
+class _DDPTrainer(DistributedTrainer):
+    "fastai's DDP callback (through accelerate), sharding with `ShardedDL` (gloo on CPU, NCCL on GPU)."
+    def _wrap_dl(self, dl): return dl if isinstance(dl, ShardedDL) else ShardedDL(dl, device=self.learn.model.device)
+
+def _to_ddp(learn: Learner, sync_bn: bool):
+    "Train `learn` with DDP across the launched processes; only rank 0 shows progress and logs."
+    learn.add_cb(_DDPTrainer(sync_bn=sync_bn, cpu=learn.dls.device.type == 'cpu'))
+    if rank_distrib(): learn.remove_cb(ProgressCallback)
+
+def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path, ddp: bool = False,
+             compile: bool | str = False) -> Learner:
+    "The fold's Learner; on CUDA with mixed precision and channels-last memory; compiled and under DDP as asked."
     learn = seg_learner(dls, recipe.arch, recipe.encoder, recipe.weights, metrics=_metrics(recipe),
                         freeze_bn=recipe.freeze_bn, freeze=False, model_kwargs=recipe.model_kwargs,
                         opt_func=OPTIMIZERS[recipe.opt], path=folder, model_dir='.')
     learn.loss_func = _stage_loss(recipe, st, learn.model)
     if device.type == 'cuda': learn.add_cbs([ChannelsLast(), MixedPrecision()])
+    if compile: learn.model.compile(**({} if compile is True else dict(backend=compile)))  # in place: same state-dict keys
+    # SyncBatchNorm needs CUDA, and fastai's BnFreeze only recognises plain BatchNorm
+    if ddp: _to_ddp(learn, sync_bn=device.type == 'cuda' and not recipe.freeze_bn)
     return learn
 
 # %% ../nbs/10_train.ipynb #e68c2ab0
@@ -214,14 +243,37 @@ def _fit_stage(learn: Learner, st: Stage, start_epoch: int, cbs: list, clip: flo
     learn.fit(st.epochs, wd=st.wd, cbs=[sched] + cbs, start_epoch=start_epoch)
 
 # %% ../nbs/10_train.ipynb #53b598cc
-def _check_run_folder(folder: Path, recipe: Recipe, resume: bool):
-    "A new run needs an empty folder; a resumed one needs the same recipe."
+def _check_run_folder(folder: Path, recipe: Recipe, resume: bool, main: bool = True):
+    "A new run needs an empty folder; a resumed one needs the same recipe. Every rank checks before rank 0 writes."
     saved = folder/'recipe.json'
     if saved.exists():
         if not resume: raise ValueError(f"{folder} already holds a run: pass resume=True to continue it, or use a new folder")
         if json.loads(saved.read_text()) != json.loads(json.dumps(recipe.to_dict())):
             raise ValueError(f"{saved} differs from this recipe: a run resumes only with the recipe it started with")
-    else: write_bytes_atomic(saved, json.dumps(recipe.to_dict(), indent=1).encode())
+    distrib_barrier()
+    if main and not saved.exists(): write_bytes_atomic(saved, json.dumps(recipe.to_dict(), indent=1).encode())
+
+def _ddp_rank(distributed: bool) -> int | None:
+    "This process's rank in a DDP run (`None`: a single process); refuses a launch of several processes without `distributed`."
+    if num_distrib() > 1 and not distributed:
+        raise ValueError(f"started as one of {num_distrib()} processes (WORLD_SIZE={num_distrib()}): pass distributed=True "
+                         "for DDP, or start each fold as its own process (see `pneumokit.distributed`)")
+    return rank_distrib() if distributed and num_distrib() > 1 else None
+
+def _ddp_device(device: str | None, ddp: bool) -> torch.device:
+    "This process's device; under DDP its local GPU (or the CPU), with the process group started (NCCL, or gloo)."
+    device = get_device(device)
+    if not ddp: return device
+    if device.type == 'cuda' and device.index is None: device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    PartialState(cpu=device.type == 'cpu')  # accelerate: process group from the launcher's variables; sets the GPU
+    return device
+
+def _from_rank0(obj):
+    "`obj` as rank 0 has it, on every rank of a distributed run (the others wait for it)."
+    if num_distrib() <= 1 or not dist.is_initialized(): return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 # %% ../nbs/10_train.ipynb #e74109f9
 def _writer(folder: Path, tensorboard: bool):
@@ -239,27 +291,30 @@ def train_fold(recipe: Recipe, # model and stages
                n_workers: int | None = None, # DataLoader workers (default: see `siim_dataloaders`)
                tensorboard: bool = True, # also write TensorBoard logs to `<fold>/tb`
                cbs: Sequence[Callback] = (), # extra fastai callbacks for every stage
+               distributed: bool = False, # DDP across the processes `accelerate launch` started; only rank 0 writes
+               compile: bool | str = False, # `torch.compile` the model (True: inductor; or a backend name, e.g. 'eager')
               ) -> dict:
     "Train one fold through every stage; returns its summary (best score, checkpoints, out-of-fold maps)."
-    folder = Path(out)/f'fold{fold}'
+    rank = _ddp_rank(distributed)
+    folder, device, main = Path(out)/f'fold{fold}', _ddp_device(device, rank is not None), rank in (None, 0)
     folder.mkdir(parents=True, exist_ok=True)
-    _check_run_folder(folder, recipe, resume)
-    run, device = RunState(folder, recipe.top_k), get_device(device)
-    seed_everything(recipe.seed + fold + len(run.state['history']), recipe.deterministic)
-    learn, writer = None, _writer(folder, tensorboard)
+    _check_run_folder(folder, recipe, resume, main)
+    run = RunState(folder, recipe.top_k, main=main)
+    seed_everything(recipe.seed + fold + len(run.state['history']) + (rank or 0), recipe.deterministic)
+    learn, writer = None, _writer(folder, tensorboard and main)
     s0, e0 = run.position
     for i, st in enumerate(recipe.stages):
         if i < s0: continue
-        dls = _stage_dls(recipe, st, cache, folds, fold, n_workers, device)
+        dls = _stage_dls(recipe, st, cache, folds, fold, n_workers, device, rank or 0)
         start = e0 if i == s0 else 0
         dls.train.epoch = start  # the positive-rate schedule resumes where it stopped
-        if learn is None: learn = _learner(recipe, dls, st, device, folder)
+        if learn is None: learn = _learner(recipe, dls, st, device, folder, rank is not None, compile)
         else: set_dls(learn, dls)
         _prepare_stage(recipe, learn, st)
         if i == s0 and run.started: load_model(folder/run.state['last'], learn.model, learn.opt, device=device)
         _fit_stage(learn, st, start, [FoldCheckpoint(run, i, st.epochs, start, writer=writer), *cbs], recipe.clip)
     if writer is not None: writer.close()
-    return _finish_fold(recipe, run, cache, folds, fold, folder, device)
+    return _from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if main else None)
 
 # %% ../nbs/10_train.ipynb #9c2ea804
 def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained with
@@ -339,15 +394,15 @@ def train_kfold(recipe: Recipe, # model and stages
                 resume: bool = False, # continue killed folds; finished folds are not retrained
                 **kwargs, # passed to `train_fold`
                ) -> pd.DataFrame:
-    "Train folds one after another; one summary row per fold, also written to `<out>/summary.csv`."
+    "Train folds one after another; one summary row per fold, also written to `<out>/summary.csv` (by rank 0 under DDP)."
     out = Path(out)
     rows = []
     for k in (sorted(folds.fold.unique()) if fold_ids is None else fold_ids):
         done = out/f'fold{k}'/'summary.json'
         if resume and done.exists(): rows.append(json.loads(done.read_text())); continue
         res = train_fold(recipe, cache, folds, int(k), out, resume=resume, **kwargs)
-        write_bytes_atomic(done, json.dumps(res).encode())
+        if rank_distrib() == 0: write_bytes_atomic(done, json.dumps(res).encode())
         rows.append(res)
     summary = pd.DataFrame(rows)
-    write_bytes_atomic(out/'summary.csv', summary.to_csv(index=False).encode())
+    if rank_distrib() == 0: write_bytes_atomic(out/'summary.csv', summary.to_csv(index=False).encode())
     return summary
