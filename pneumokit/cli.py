@@ -1,4 +1,4 @@
-"""`pneumokit <command>`: thin fastcore.script wrappers over the same functions the notebooks use.
+"""`pneumokit <command>`: each command a thin fastcore.script shell over the `pneumokit.pipeline` function of the same name, with the same defaults.
 
 Docs: https://pneumokit.github.io/pneumokit/cli.html.md"""
 
@@ -13,20 +13,16 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
 import pandas as pd
+import torch
 from fastcore.script import CliError, call_parse, parse_cli
 
-from .config import list_configs, load_config
-from .core import data_dir, write_bytes_atomic
-from .dicom import build_cache
-from .synthetic import make_mini_siim
-from .eda import audit as audit_folder, save_eda_figures
 from . import pipeline
-from .distributed import is_launched, launch
-import torch
-from fastai.torch_core import rank_distrib
+from .config import load_config
+from .ddp import is_launched, is_main, launch
+from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['COMMANDS', 'synth', 'preprocess', 'audit', 'eda', 'folds', 'train', 'search', 'predict', 'submit', 'configs', 'demo',
+__all__ = ['COMMANDS', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'configs', 'demo',
            'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
@@ -36,8 +32,6 @@ def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
     except ValueError: raise CliError(f"{what} must be comma-separated integers like '256,512', got {s!r}") from None
     if not out or min(out) < lo: raise CliError(f"{what} must be integers >= {lo}, got {s!r}")
     return out
-
-def _sizes(sizes: str) -> tuple[int, ...]: return _ints(sizes, '--sizes', 16)
 
 def _existing(path: str | Path, what: str) -> Path:
     "`path` as a Path, or a CliError naming what was expected."
@@ -69,27 +63,25 @@ def synth(dest: str = None, # output folder (default: data/mini-siim)
           overwrite: bool = False, # replace an existing mini-SIIM in `dest`
          ) -> Path:
     "Write a synthetic mini-SIIM (DICOMs + train-rle.csv in the Kaggle layout)."
-    dest = Path(dest) if dest else data_dir('mini-siim')
-    out = make_mini_siim(dest, n_train=n_train, n_test=n_test, size=size, seed=seed, overwrite=overwrite)
+    out = pipeline.synth(dest, n_train=n_train, n_test=n_test, size=size, seed=seed, overwrite=overwrite)
     print(f"mini-SIIM written to {out}")
     return out
 
 # %% ../nbs/15_cli.ipynb #c746da2b
 @call_parse
-def preprocess(src: str, # DICOM folder (nested Kaggle layout or flat)
-               dest: str, # cache folder: <dest>/<size>/images|masks/<ImageId>.png
-               labels: str = None, # label CSV (train-rle.csv); masks are written only when given
-               sizes: str = None, # comma-separated sizes, e.g. '256,512,1024' (default: the config's, else 256)
-               config: str = None, # cache the sizes this config trains and predicts at
-               workers: int = None, # worker processes (default: all cores)
-              ) -> pd.DataFrame:
-    "Cache DICOMs (and masks) as PNG at one or more sizes; resumable."
-    src = _existing(src, 'DICOM folder')
-    lab = _existing(labels, 'label CSV') if labels else None
-    sz = _sizes(sizes) if sizes else _config(config).sizes if config else (256,)
-    man = build_cache(src, dest, sizes=tuple(sz), labels=lab, n_workers=workers)
+def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat)
+            cache: str, # cache folder (see `pneumokit.layout.CacheDir`)
+            config: str = None, # cache the sizes this config trains and predicts at
+            labels: str = None, # label CSV (train-rle.csv); masks are written only when given
+            sizes: str = None, # or comma-separated sizes, e.g. '256,512,1024'
+            workers: int = None, # worker processes (default: all cores)
+           ) -> pd.DataFrame:
+    "Cache DICOMs (and masks) as PNG at a config's sizes (or --sizes); resumable."
+    sz = _ints(sizes, '--sizes', 16) if sizes else None
+    man = pipeline.prepare(_existing(dicoms, 'DICOM folder'), cache, _config(config) if config else None,
+                           labels=_existing(labels, 'label CSV') if labels else None, sizes=sz, n_workers=workers)
     counts = man['status'].value_counts().to_dict()
-    print(f"cache in {dest} at {list(sz)} px: " + ', '.join(f'{v} {k}' for k, v in counts.items()))
+    print(f"cache in {cache}: " + ', '.join(f'{v} {k}' for k, v in counts.items()))
     return man
 
 # %% ../nbs/15_cli.ipynb #6daa35f8
@@ -101,10 +93,8 @@ def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
           workers: int = None, # worker processes (default: all cores)
          ) -> pd.DataFrame:
     "Check labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files."
-    res = audit_folder(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'),
-                       expected_size=expected_size, n_workers=workers)
-    if out:
-        write_bytes_atomic(out, res.to_csv(index=False).encode())
+    res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), out, expected_size=expected_size,
+                         n_workers=workers)
     print(f"audit: {len(res)} finding(s)" + (f"; by check: {res['check'].value_counts().to_dict()}" if len(res) else ''))
     return res
 
@@ -115,32 +105,37 @@ def eda(labels: str, # label CSV
         dest: str = 'reports/eda', # folder for the figures
        ) -> list[Path]:
     "Write the standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG."
-    figs = save_eda_figures(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), Path(dest))
+    figs = pipeline.eda(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), dest)
     print(f"{len(figs)} figures in {dest}")
     return figs
 
 # %% ../nbs/15_cli.ipynb #437b5230
 @call_parse
-def folds(labels: str, # label CSV (train-rle.csv)
+def split(labels: str, # label CSV (train-rle.csv)
           dest: str = 'folds.csv', # folds CSV to write
           config: str = None, # take `data.n_splits` and `data.seed` from this config (default: 5 folds, seed 0)
           dicoms: str = None, # DICOM folder: group folds by PatientID (no patient in two folds)
           workers: int = None, # processes reading DICOM headers
          ) -> pd.DataFrame:
     "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given."
-    cfg = _config(config) if config else None
-    df = pipeline.split(_existing(labels, 'label CSV'), dest, cfg, dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None,
-                        n_workers=workers)
+    df = pipeline.split(_existing(labels, 'label CSV'), dest, _config(config) if config else None,
+                        dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers)
     rates = df.groupby('fold').has_mask.mean()
     print(f"{len(df)} images in {df.fold.nunique()} folds -> {dest} (positive rate per fold {rates.min():.3f}-{rates.max():.3f})")
     return df
 
 # %% ../nbs/15_cli.ipynb #f43c4e84
+def _relaunch(processes: int | None) -> None:
+    "Run this same `pneumokit train` command as DDP processes; a CliError when they fail."
+    n = processes or max(2, torch.cuda.device_count())
+    res = launch(['-m', 'pneumokit', 'train', *_without_option(sys.argv[1:], '--processes')], num_processes=n)
+    if res.returncode: raise CliError(f"the {n} DDP processes failed (exit {res.returncode}); their output is above")
+
 @call_parse
 def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML file
-          cache: str, # PNG cache holding the config's sizes (`pneumokit preprocess --config`)
-          folds: str, # folds CSV (`pneumokit folds`)
-          run: str, # run folder: config.yaml, fold<k>/ checkpoints, history and out-of-fold maps
+          cache: str, # PNG cache holding the config's sizes (`pneumokit prepare --config`)
+          folds: str, # folds CSV (`pneumokit split`)
+          run: str, # run folder: its config, a folder per fold (checkpoints, history, out-of-fold maps), the summary
           fold: int = None, # train only this fold (default: the config's `data.folds`, else all)
           resume: bool = False, # continue a killed run from its last finished epoch
           device: str = None, # 'cpu', 'cuda', 'cuda:1' (default: CUDA when available)
@@ -151,16 +146,11 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
          ) -> pd.DataFrame | None:
     "Train a config's folds (frozen then unfrozen stages, top-k checkpoints, out-of-fold maps); resumable."
     cfg = _config(config)
-    if distributed and not is_launched():  # start the DDP processes, each running this same command
-        args = _without_option(sys.argv[1:], '--processes')
-        n = processes or max(2, torch.cuda.device_count())
-        res = launch(['-m', 'pneumokit', 'train', *args], num_processes=n)
-        if res.returncode: raise CliError(f"the {n} DDP processes failed (exit {res.returncode}); their output is above")
-        return None
+    if distributed and not is_launched(): return _relaunch(processes)
     summary = pipeline.train(cfg, _existing(cache, 'PNG cache'), _existing(folds, 'folds file'), run, fold=fold,
                              resume=resume, device=device, n_workers=workers, tensorboard=not no_tensorboard,
                              distributed=distributed)
-    if rank_distrib() == 0:
+    if is_main():
         print(summary[['fold', 'best_score', 'oof_dice', 'n_valid']].to_string(index=False))
         print(f"run folder: {run}")
     return summary
@@ -168,22 +158,21 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
 # %% ../nbs/15_cli.ipynb #7bb2e80d
 @call_parse
 def search(run: str, # run folder (`pneumokit train`)
-           config: str = None, # search this config's grid instead of the run's own
+           config: str = None, # search this config's rule and grid instead of the run's own
           ) -> dict:
-    "Score the threshold rule over its grid on the out-of-fold maps; write thresholds.csv/.json and search.png."
+    "Score the threshold rule over its grid on the out-of-fold maps; save the table, the best rule and its plot."
     res = pipeline.search(_existing(run, 'run folder'), _config(config) if config else None)
     b = res.best
-    rule = ', '.join(f'{k}={b[k]:g}' for k in ('top', 'area', 'bottom', 'ratio') if k in b)
-    print(f"best {b['gate']} rule: {rule} -> out-of-fold Kaggle Dice {b['dice']:.4f} (all-empty {b['all_empty']:.4f}, "
-          f"{b['n_images']} images); {len(res.results)} grid points in {Path(run)/'thresholds.csv'}")
+    print(f"best rule {rule_from_dict(b).describe()} -> out-of-fold Kaggle Dice {b['dice']:.4f} (all-empty {b['all_empty']:.4f}, "
+          f"{b['n_images']} images); {len(res.results)} grid points")
     return b
 
 # %% ../nbs/15_cli.ipynb #6e4a8c2b
 @call_parse
 def predict(run: str, # run folder (`pneumokit train`)
             dicoms: str, # folder of test DICOMs
-            dest: str = None, # .npy for the uint8 maps (default: <run>/test_probs.npy; ids beside it)
-            folds: str = None, # comma-separated folds to ensemble (default: all trained)
+            dest: str = None, # .npy for the uint8 maps (default: the run's test maps file; ids beside it)
+            folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
             config: str = None, # TTA, size and batch size from this config instead of the run's
             device: str = None, # 'cpu', 'cuda' (default: CUDA when available)
            ) -> Path:
@@ -194,23 +183,27 @@ def predict(run: str, # run folder (`pneumokit train`)
     return path
 
 # %% ../nbs/15_cli.ipynb #b4f6153e
+def _cli_rule(thresholds: str | None, top: float | None, area: int | None, bottom: float | None):
+    "The rule `submit` was given: a run folder or file, or a triplet — never both, never half a triplet."
+    given = [v is not None for v in (top, area, bottom)]
+    if any(given) and thresholds is not None: raise CliError("give --thresholds or --top/--area/--bottom, not both")
+    if any(given) and not all(given): raise CliError("give all of --top, --area and --bottom, or --thresholds")
+    if not any(given) and thresholds is None: raise CliError("give --thresholds (a run folder with a threshold search, or a rule file) or --top/--area/--bottom")
+    return dict(rule='triplet', top=top, area=area, bottom=bottom) if all(given) else _existing(thresholds, 'thresholds')
+
 @call_parse
 def submit(probs: str, # .npy maps from `pneumokit predict`
            dest: str = 'submission.csv', # submission CSV to write
-           thresholds: str = None, # thresholds.json, or the run folder holding it (`pneumokit search`)
-           top: float = None, # or give the triplet: gate threshold (0-1)
+           thresholds: str = None, # a run folder with a threshold search (`pneumokit search`), or a rule JSON file
+           top: float = None, # or give a triplet: gate threshold (0-1)
            area: int = None, # triplet: minimum pixels above `top`, counted at the maps' size
            bottom: float = None, # triplet: mask threshold (0-1)
            sample: str = None, # sample_submission.csv to validate the ids against
            out_size: int = 1024, # side of the submitted masks
           ) -> Path:
     "Binarise the maps with the searched (or given) rule, RLE-encode, validate and write the submission."
-    given = [v is not None for v in (top, area, bottom)]
-    if any(given) and not all(given): raise CliError("give all of --top, --area and --bottom, or --thresholds")
-    if not any(given) and thresholds is None: raise CliError("give --thresholds (a run folder or thresholds.json) or --top/--area/--bottom")
-    t = dict(gate='triplet', top=top, area=area, bottom=bottom) if all(given) else _existing(thresholds, 'thresholds')
-    path = pipeline.submit(_existing(probs, 'probability maps'), dest, t, _existing(sample, 'sample submission') if sample else None,
-                           out_size=out_size)
+    path = pipeline.submit(_existing(probs, 'probability maps'), dest, _cli_rule(thresholds, top, area, bottom),
+                           _existing(sample, 'sample submission') if sample else None, out_size=out_size)
     sub = pd.read_csv(path)
     print(f"{len(sub)} rows, {(sub.EncodedPixels.astype(str).str.strip() != '-1').sum()} with a mask -> {path}")
     return path
@@ -219,12 +212,7 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
 @call_parse
 def configs() -> pd.DataFrame:
     "List the shipped experiment configs."
-    rows = []
-    for n in list_configs():
-        c = load_config(n)
-        rows.append(dict(config=n, sizes=','.join(map(str, c.sizes)), folds=c.data.folds or f'all {c.data.n_splits}',
-                         description=c.description))
-    df = pd.DataFrame(rows)
+    df = pipeline.configs()
     with pd.option_context('display.max_colwidth', 90, 'display.width', 200): print(df.to_string(index=False))
     return df
 
@@ -246,9 +234,9 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
                          fresh=fresh, n_workers=workers)
 
 # %% ../nbs/15_cli.ipynb #b202469e
-COMMANDS = dict(synth=synth, preprocess=preprocess, audit=audit, eda=eda, folds=folds, train=train, search=search,
+COMMANDS = dict(synth=synth, prepare=prepare, audit=audit, eda=eda, split=split, train=train, search=search,
                 predict=predict, submit=submit, configs=configs, demo=demo)
-_POSITIONAL = dict(preprocess=['src', 'dest'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], folds=['labels', 'dest'],
+_POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
                    train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'])
 
 def _usage() -> str:

@@ -9,45 +9,23 @@ from __future__ import annotations
 import importlib.resources
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .core import atomic_write
-from .data import AUG_PRESETS
+from .core import atomic_write, check_int, check_prob
 from .inference import TTAS
-from .losses import LOSSES
 from .models import check_encoder, get_arch
-from .train import OPTIMIZERS, Recipe, Stage
+from .postprocess import THRESHOLD_RULES, ThresholdRule, get_rule, rule_from_dict
+from .train import RECIPE_SECTIONS, Recipe, Stage
 
 # %% auto #0
-__all__ = ['GATES', 'ModelConfig', 'TrainConfig', 'DataConfig', 'InferenceConfig', 'ThresholdConfig', 'Config',
-           'config_from_dict', 'config_dir', 'list_configs', 'load_config', 'save_config']
+__all__ = ['DataConfig', 'InferenceConfig', 'ThresholdConfig', 'Config', 'config_from_dict', 'config_dir', 'list_configs',
+           'load_config', 'save_config']
 
 # %% ../nbs/14a_config.ipynb #bc780bba
-@dataclass
-class ModelConfig:
-    "`model:` — the network (fields of `Recipe`)."
-    arch: str = 'Unet'  # smp architecture
-    encoder: str = 'resnet34'  # smp encoder
-    weights: str | None = None  # local encoder weights file; None: from scratch
-    opt: str = 'adam'  # a key of `OPTIMIZERS`
-    kwargs: dict = field(default_factory=dict)  # more `build_model` arguments (decoder_channels, aux, ...)
-    freeze_bn: bool = False  # keep BatchNorm frozen while the encoder is frozen
-    aux_weight: float = 0.1  # weight of the image-level head's loss (models with `aux: true`)
-
-@dataclass
-class TrainConfig:
-    "`train:` — checkpointing, validation metric and seeding (fields of `Recipe`)."
-    top_k: int = 3  # checkpoints kept per fold
-    threshold: float = 0.5  # threshold of the validation metric
-    min_area: int = 0  # minimum predicted area of the validation metric
-    clip: float | None = None  # gradient-norm clipping
-    seed: int = 0  # training seed
-    deterministic: bool = False  # deterministic kernels
-
 @dataclass
 class DataConfig:
     "`data:` — the fold split and which folds to train."
@@ -60,20 +38,28 @@ class InferenceConfig:
     "`inference:` — prediction of the test images."
     tta: str = 'hflip'  # a key of `pneumokit.inference.TTAS`
     size: int | None = None  # model input side; None: the last stage's size
-    out_size: int = 1024  # side of the submitted masks
     bs: int = 8  # batch size
 
-GATES = ('triplet', 'single', 'ratio')  # threshold rules a config can search
+_GRIDS = ('tops', 'areas', 'bottoms', 'ratios', 'cls_thresholds')  # the grid fields a rule's `grid_keys` name
 
 @dataclass
 class ThresholdConfig:
-    "`thresholds:` — the rule that makes masks of probabilities, its search grid, and the value used without a search."
-    gate: str = 'triplet'  # 'triplet' (top, area, bottom), 'single' (top == bottom + pixel count) or 'ratio' (top X% by area)
+    "`thresholds:` — the rule that turns probabilities into masks, the grid its search scores, and its values without a search."
+    rule: str = 'triplet'  # a `pneumokit.postprocess.THRESHOLD_RULES` name: triplet, single, ratio, classifier
     tops: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # gate thresholds
     areas: list[int] = field(default_factory=lambda: [0, 500, 1000, 2000, 3000])  # minimum areas, pixels at the map size the search runs on
     bottoms: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5])  # mask thresholds
     ratios: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.3])  # kept fractions of images ('ratio')
-    default: dict = field(default_factory=lambda: dict(top=0.5, area=0, bottom=0.5))  # used when no search was run
+    cls_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])  # image-level gates ('classifier')
+    default: dict | None = None  # the rule's values when no search was run (e.g. a winner's published triplet)
+
+    @property
+    def rule_type(self) -> type[ThresholdRule]: return get_rule(self.rule)
+    def grid(self) -> dict: return {k: getattr(self, k) for k in _GRIDS}
+
+    def default_rule(self) -> ThresholdRule | None:
+        "The rule with the `default` values, or `None` when the config gives none."
+        return None if self.default is None else rule_from_dict({**self.default, 'rule': self.rule})
 
 # %% ../nbs/14a_config.ipynb #6b592291
 def _is(v, hint) -> bool:
@@ -94,19 +80,27 @@ def _is(v, hint) -> bool:
 
 def _type_name(hint) -> str: return getattr(hint, '__name__', None) if typing.get_origin(hint) is None and hint is not type(None) else str(hint).replace('typing.', '').replace('NoneType', 'None')
 
-def _check_section(d, cls, where: str, src: str) -> dict:
-    "`d` checked against dataclass `cls`: a dict with known keys of the right types; errors name key and file."
+_SECTIONS = dict(data=DataConfig, inference=InferenceConfig, thresholds=ThresholdConfig)
+
+def _hints(section: str) -> dict:
+    "YAML key → type hint of a section: the `Recipe` fields behind `model`/`train`, a `Stage`'s, or a section dataclass's."
+    if section in RECIPE_SECTIONS:
+        h = typing.get_type_hints(Recipe)
+        return {k: h[f] for k, f in RECIPE_SECTIONS[section].items()}
+    return typing.get_type_hints(Stage if section.startswith('stages[') else _SECTIONS[section])
+
+def _check_section(d, where: str, src: str) -> dict:
+    "`d` checked against the section `where`: a dict with known keys of the right types; errors name key and file."
     if d is None: return {}
     if not isinstance(d, dict): raise ValueError(f"{src}: `{where}` must be a mapping of keys to values, got {type(d).__name__}: {d!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(where)
     for k, v in d.items():
         if k not in hints: raise ValueError(f"{src}: unknown key `{where}.{k}`; valid keys: {', '.join(hints)}")
         if not _is(v, hints[k]): raise ValueError(f"{src}: `{where}.{k}` must be {_type_name(hints[k])}, got {type(v).__name__}: {v!r}")
     return d
 
 # %% ../nbs/14a_config.ipynb #90a5e322
-_SECTIONS = dict(model=ModelConfig, train=TrainConfig, data=DataConfig, inference=InferenceConfig, thresholds=ThresholdConfig)
-_TOP = ('base', 'name', 'description', 'expected', 'stages', *_SECTIONS)
+_TOP = ('base', 'name', 'description', 'expected', *RECIPE_SECTIONS, 'stages', *_SECTIONS)
 
 @dataclass
 class Config:
@@ -129,14 +123,9 @@ class Config:
     def predict_size(self) -> int: return self.inference.size or self.recipe.stages[-1].size
 
     def to_dict(self) -> dict:
-        "The config as plain YAML-able data (the form `load_config` reads)."
-        r = self.recipe
-        model = dict(arch=r.arch, encoder=r.encoder, weights=r.weights, opt=r.opt, kwargs=_plain(r.model_kwargs),
-                     freeze_bn=r.freeze_bn, aux_weight=r.aux_weight)
-        train = {f.name: getattr(r, f.name) for f in fields(TrainConfig)}
-        return _plain(dict(name=self.name, description=self.description, expected=self.expected, model=model, train=train,
-                           stages=[asdict(s) for s in r.stages], data=asdict(self.data),
-                           inference=asdict(self.inference), thresholds=asdict(self.thresholds)))
+        "The config as plain YAML-able data (the form `load_config` reads and a run folder saves)."
+        return _plain(dict(name=self.name, description=self.description, expected=self.expected, **self.recipe.to_dict(),
+                           data=asdict(self.data), inference=asdict(self.inference), thresholds=asdict(self.thresholds)))
 
 def _plain(o):
     "Tuples → lists, recursively (YAML-safe)."
@@ -146,23 +135,30 @@ def _plain(o):
 
 # %% ../nbs/14a_config.ipynb #9525942a
 def _check_registries(cfg: dict, src: str):
-    "Names that must be registry keys: errors list the valid ones."
+    "Names that must be registry keys (the `Stage`s and the `Recipe` check theirs): errors list the valid ones."
     def bad(where, v, valid): raise ValueError(f"{src}: `{where}` is {v!r}; valid: {', '.join(map(str, valid))}")
     m = cfg.get('model', {})
     try: get_arch(m.get('arch', 'Unet'))
     except (KeyError, ValueError) as e: raise ValueError(f"{src}: `model.arch`: {e}") from None
     try: check_encoder(m.get('encoder', 'resnet34'))
     except KeyError as e: raise ValueError(f"{src}: `model.encoder`: {str(e).strip(chr(34))}") from None
-    if m.get('opt', 'adam') not in OPTIMIZERS: bad('model.opt', m['opt'], OPTIMIZERS)
     if cfg.get('inference', {}).get('tta', 'hflip') not in TTAS: bad('inference.tta', cfg['inference']['tta'], TTAS)
-    if cfg.get('thresholds', {}).get('gate', 'triplet') not in GATES: bad('thresholds.gate', cfg['thresholds']['gate'], GATES)
-    for i, s in enumerate(cfg.get('stages') or []):
-        if s.get('loss', 'combo') not in LOSSES: bad(f'stages[{i}].loss', s['loss'], LOSSES)
-        if s.get('aug', 'siim-1st') not in AUG_PRESETS: bad(f'stages[{i}].aug', s['aug'], AUG_PRESETS)
+    if cfg.get('thresholds', {}).get('rule', 'triplet') not in THRESHOLD_RULES: bad('thresholds.rule', cfg['thresholds']['rule'], THRESHOLD_RULES)
+
+def _check_thresholds(t: ThresholdConfig, src: str):
+    "Grid values in range and a `default` the rule accepts, before any training: a bad grid is not found after it."
+    try:
+        for k in ('tops', 'bottoms', 'ratios', 'cls_thresholds'):
+            for v in getattr(t, k): check_prob(f'thresholds.{k}', v)
+        for v in t.areas: check_int('thresholds.areas', v, 0)
+        if not all(t.grid()[k] for k in t.rule_type.grid_keys): raise ValueError(
+            f"`thresholds` rule {t.rule!r} searches {', '.join(t.rule_type.grid_keys)}: none of them may be empty")
+        t.default_rule()
+    except ValueError as e: raise ValueError(f"{src}: {e}") from None
 
 def _check_stages(stages, src: str) -> list[dict]:
     if not isinstance(stages, list) or not stages: raise ValueError(f"{src}: `stages` must be a non-empty list of stages, got {stages!r}")
-    return [_check_section(s, Stage, f'stages[{i}]', src) for i, s in enumerate(stages)]
+    return [_check_section(s, f'stages[{i}]', src) for i, s in enumerate(stages)]
 
 def config_from_dict(d: dict, # the parsed YAML (after `base:` merging)
                      src: str = '<dict>', # where it came from, for error messages
@@ -170,16 +166,17 @@ def config_from_dict(d: dict, # the parsed YAML (after `base:` merging)
     "Validate a config mapping and build the `Config`; every error names the key and `src`."
     if not isinstance(d, dict): raise ValueError(f"{src}: a config must be a mapping of sections, got {type(d).__name__}")
     if unknown := [k for k in d if k not in _TOP]: raise ValueError(f"{src}: unknown key `{unknown[0]}`; valid keys: {', '.join(_TOP)}")
-    secs = {k: _check_section(d.get(k), c, k, src) for k, c in _SECTIONS.items()}
+    secs = {k: _check_section(d.get(k), k, src) for k in (*RECIPE_SECTIONS, *_SECTIONS)}
     stages = _check_stages(d.get('stages'), src)
     _check_registries(dict(secs, stages=stages), src)
-    m = dict(secs['model']); m['model_kwargs'] = m.pop('kwargs', {})
     try:
-        recipe = Recipe(stages=[Stage(**s) for s in stages], **m, **secs['train'])
-        return Config(name=str(d.get('name') or Path(src).stem), recipe=recipe, data=DataConfig(**secs['data']),
-                      inference=InferenceConfig(**secs['inference']), thresholds=ThresholdConfig(**secs['thresholds']),
-                      description=str(d.get('description') or ''), expected=dict(d.get('expected') or {}), source=src)
+        recipe = Recipe.from_dict(dict(secs, stages=stages))
+        cfg = Config(name=str(d.get('name') or Path(src).stem), recipe=recipe, data=DataConfig(**secs['data']),
+                     inference=InferenceConfig(**secs['inference']), thresholds=ThresholdConfig(**secs['thresholds']),
+                     description=str(d.get('description') or ''), expected=dict(d.get('expected') or {}), source=src)
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
+    _check_thresholds(cfg.thresholds, src)
+    return cfg
 
 # %% ../nbs/14a_config.ipynb #89600328
 def config_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Project paths, the real-data finder, seeding, device choice and atomic file writes: what every other module stands on.
+"""Project paths, the real-data finder, seeding, device choice, atomic file writes and argument checks: what every other module stands on.
 
 Docs: https://pneumokit.github.io/pneumokit/core.html.md"""
 
@@ -14,7 +14,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything', 'get_device', 'default_workers',
-           'atomic_write', 'write_bytes_atomic', 'show_figures_inline']
+           'atomic_write', 'write_bytes_atomic', 'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool',
+           'show_figures_inline']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -118,6 +119,51 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_write(path) as f: f.write(data)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #c0c4e002
+def _is_num(v) -> bool: return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+def check_int(name: str, # the argument's name, for the message
+              v, # the value given
+              lo: int = 1, # smallest allowed value
+             ) -> int:
+    "`v` as an `int` ≥ `lo`, else a `ValueError` naming the argument and the value."
+    if not _is_num(v) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"`{name}` must be an int ≥ {lo}, got {v!r}")
+    return int(v)
+
+def check_float(name: str, # the argument's name
+                v, # the value given
+                lo: float | None = None, # smallest allowed value (inclusive)
+                hi: float | None = None, # largest allowed value (inclusive)
+                positive: bool = False, # also require v > 0
+               ) -> float:
+    "`v` as a `float` in [`lo`, `hi`] (and > 0 when `positive`), else a `ValueError` naming the argument and the value."
+    ok = _is_num(v) and np.isfinite(v) and (lo is None or v >= lo) and (hi is None or v <= hi) and (not positive or v > 0)
+    if not ok:
+        want = ' and '.join([w for w in ((f'≥ {lo}' if lo is not None else ''), (f'≤ {hi}' if hi is not None else ''),
+                                         ('> 0' if positive else '')) if w]) or 'finite'
+        raise ValueError(f"`{name}` must be a number {want}, got {v!r}")
+    return float(v)
+
+def check_prob(name: str, v) -> float:
+    "`v` as a probability in [0, 1], else a `ValueError` naming the argument and the value."
+    return check_float(name, v, 0, 1)
+
+def check_choice(name: str, # the argument's name
+                 v, # the value given
+                 choices, # the valid values: a registry (dict: its keys) or a sequence
+                ):
+    "`v` when it is one of `choices`, else a `ValueError` listing them."
+    valid = list(choices)
+    if not isinstance(v, (str, int)) or v not in valid:
+        raise ValueError(f"`{name}` is {v!r}; valid: {', '.join(map(str, valid))}")
+    return v
+
+def check_bool(name: str, v) -> bool:
+    "`v` when it is a `bool`, else a `ValueError` naming the argument."
+    if not isinstance(v, (bool, np.bool_)): raise ValueError(f"`{name}` must be true or false, got {v!r}")
+    return bool(v)
 
 # %% ../nbs/00_core.ipynb #d129cdf8
 def show_figures_inline():

@@ -28,6 +28,7 @@ from matplotlib.colors import ListedColormap
 
 from .core import default_workers, get_device
 from .dicom import dicom_metadata, read_dicom, rles_by_id
+from .layout import CacheDir
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
@@ -207,11 +208,12 @@ class GreyToRGB(Transform):
 
 # %% ../nbs/06_data.ipynb #32f200cf
 class _PngReader:
-    "Read `<folder>/<id>.png` as grey uint8 (H, W); with `binary`, as a 0/1 mask."
-    def __init__(self, folder: Path, binary: bool = False): self.folder, self.binary = Path(folder), binary
+    "Read an image of the cache at `size` as grey uint8 (H, W); with `binary`, its mask as 0/1."
+    def __init__(self, cache: CacheDir, size: int, binary: bool = False): self.cache, self.size, self.binary = cache, size, binary
     def __call__(self, image_id: str) -> np.ndarray:
-        a = cv2.imread(str(self.folder/f'{image_id}.png'), cv2.IMREAD_GRAYSCALE)
-        if a is None: raise FileNotFoundError(f"Cannot read {self.folder/f'{image_id}.png'}")
+        f = (self.cache.mask if self.binary else self.cache.image)(self.size, image_id)
+        a = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        if a is None: raise FileNotFoundError(f"Cannot read {f}")
         return (a > 127).astype(np.uint8) if self.binary else a
 
 def siim_datablock(get_x: Callable[[str], np.ndarray], # ImageId → uint8 grey (H, W) image
@@ -239,21 +241,12 @@ def _check_folds(folds: pd.DataFrame, fold: int) -> pd.DataFrame:
     if (folds.fold == fold).all(): raise ValueError(f"fold {fold!r} holds every image: nothing left to train on")
     return folds.reset_index(drop=True)
 
-def _cache_folder(cache: str | Path, size: int) -> Path:
-    "`<cache>/<size>`, or a `FileNotFoundError` listing the sizes that are cached."
-    folder = Path(cache)/str(size)
-    if not (folder/'images').is_dir():
-        have = sorted((p.name for p in Path(cache).glob('*') if (p/'images').is_dir()), key=lambda s: (len(s), s))
-        raise FileNotFoundError(f"No cache at size {size}: {folder/'images'} is missing "
-                                f"(sizes cached in {cache}: {have or 'none'})")
-    return folder
-
-def _check_files(folder: Path, ids: Sequence[str]):
-    "Every id has `<folder>/<id>.png`."
-    have = {p.stem for p in folder.glob('*.png')}
-    missing = [i for i in ids if i not in have]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(ids)} images in `folds` have no PNG in {folder}, e.g. {missing[:3]}")
+def _check_files(cache: CacheDir, size: int, ids: Sequence[str]):
+    "Every id has an image and a mask PNG at `size`."
+    for masks in (False, True):
+        if missing := cache.missing(size, ids, masks):
+            folder = (cache.masks if masks else cache.images)(size)
+            raise FileNotFoundError(f"{len(missing)} of {len(ids)} images in `folds` have no PNG in {folder}, e.g. {missing[:3]}")
 
 def _loader_workers(n_workers: int | None, device: torch.device) -> int:
     "Loader processes: as asked, else 0 on a CPU-only machine with 2 cores or fewer, else up to 8."
@@ -285,7 +278,7 @@ def _dataloaders(dblock: DataBlock, folds: pd.DataFrame, fold: int, bs: int, pos
     return dls
 
 # %% ../nbs/06_data.ipynb #27151c5f
-def siim_dataloaders(cache: str | Path, # cache folder from `build_cache`: `<cache>/<size>/images|masks/<ImageId>.png`
+def siim_dataloaders(cache: str | Path | CacheDir, # PNG cache from `build_cache` (images and masks at `size`)
                      size: int, # image side: the cache's sub-folder
                      folds: pd.DataFrame, # `make_folds` output: ImageId, fold (and has_mask for `pos_frac`)
                      fold: int, # validation fold; the others train
@@ -298,9 +291,10 @@ def siim_dataloaders(cache: str | Path, # cache folder from `build_cache`: `<cac
                      **kwargs, # passed to `DataBlock.dataloaders` (e.g. `val_bs`, `drop_last`)
                     ) -> DataLoaders:
     "fastai `DataLoaders` of (3-channel ImageNet-normalised image, 0/1 mask) from the PNG cache at `size`."
-    folds, folder = _check_folds(folds, fold), _cache_folder(cache, size)
-    for sub in ('images', 'masks'): _check_files(folder/sub, folds.ImageId.tolist())
-    dblock = siim_datablock(_PngReader(folder/'images'), _PngReader(folder/'masks', binary=True),
+    folds, cache = _check_folds(folds, fold), CacheDir(cache)
+    cache.require(size)
+    _check_files(cache, size, folds.ImageId.tolist())
+    dblock = siim_datablock(_PngReader(cache, size), _PngReader(cache, size, binary=True),
                             np.flatnonzero(folds.fold == fold), size, aug, seed)
     return _dataloaders(dblock, folds, fold, bs, pos_frac, n_workers, seed, device, **kwargs)
 

@@ -24,6 +24,7 @@ from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLS
                          RLETransferSyntaxes)
 
 from .core import atomic_write, default_workers, write_bytes_atomic
+from .layout import CacheDir
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
@@ -279,23 +280,19 @@ def rles_by_id(labels: str | Path | pd.DataFrame | None, # label CSV, or a `read
     raise ValueError(f"`labels` needs columns ImageId and EncodedPixels (or rles), got {list(labels.columns)}")
 
 # %% ../nbs/02_dicom.ipynb #23e22041
-def _outputs(dest: Path, image_id: str, sizes: tuple[int, ...], mask: bool) -> list[Path]:
-    "The PNG files `build_cache` writes for one image."
-    return [dest/str(s)/k/f'{image_id}.png' for s in sizes for k in (('images', 'masks') if mask else ('images',))]
-
 def _id_or_error(path: Path) -> tuple[str | None, str]:
     "(ImageId, '') or (None, why it could not be read)."
     try: return image_id_of(path), ''
     except Exception as e: return None, _err(e)
 
-def _plan(paths: list[Path], ids: list[tuple], dest: Path, sizes: tuple[int, ...], rles: dict | None) -> pd.DataFrame:
+def _plan(paths: list[Path], ids: list[tuple], dest: CacheDir, sizes: tuple[int, ...], rles: dict | None) -> pd.DataFrame:
     "The manifest before decoding: each DICOM 'failed' (unreadable header, duplicate ImageId), 'skipped' or 'todo'."
     rows, seen = [], {}
     for p, (iid, err) in zip(paths, ids):
         if not err and iid in seen: err = f"duplicate ImageId {iid} (also in {seen[iid]})"
         seen.setdefault(iid, p)
         labelled = rles is not None and iid in rles
-        done = not err and all(o.exists() for o in _outputs(dest, iid, sizes, labelled))
+        done = not err and all(o.exists() for o in dest.outputs(iid, sizes, labelled))
         note = _NO_LABELS if rles is not None and iid is not None and not labelled else ''
         status = 'failed' if err else 'skipped' if done else 'todo'
         rows.append(dict(ImageId=iid, path=str(p), status=status, error=err, note=note))
@@ -311,7 +308,7 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     "0/1 mask → 0/255 at `size`: area-average, then keep pixels at least half covered."
     return np.where(_resize(mask * np.uint8(255), size) >= 128, 255, 0).astype(np.uint8)
 
-def _cache_one(item: tuple, dest: Path, sizes: tuple[int, ...]) -> str:
+def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...]) -> str:
     "Decode one DICOM once and write its PNGs at every size; '' on success, else the error (a worker never raises)."
     path, image_id, rles = item
     try:
@@ -319,31 +316,31 @@ def _cache_one(item: tuple, dest: Path, sizes: tuple[int, ...]) -> str:
         img = _decode(ds, path, sizes[0])  # sizes[0] is the largest
         mask = None if rles is None else masks_from_rles(rles, shape=(ds.Rows, ds.Columns), image_id=image_id)
         for s in sizes:
-            _write_png(dest/str(s)/'images'/f'{image_id}.png', _resize(img, s))
-            if mask is not None: _write_png(dest/str(s)/'masks'/f'{image_id}.png', _resize_mask(mask, s))
+            _write_png(dest.image(s, image_id), _resize(img, s))
+            if mask is not None: _write_png(dest.mask(s, image_id), _resize_mask(mask, s))
         return ''
     except Exception as e: return _err(e)
 
 # %% ../nbs/02_dicom.ipynb #adb2c161
-def _finish(man: pd.DataFrame, dest: Path) -> pd.DataFrame:
+def _finish(man: pd.DataFrame, dest: CacheDir) -> pd.DataFrame:
     "Write the manifest atomically and warn, in one line, when anything failed."
-    with atomic_write(dest/'manifest.csv', 'w', newline='') as f: man.to_csv(f, index=False)
+    with atomic_write(dest.manifest, 'w', newline='') as f: man.to_csv(f, index=False)
     failed = man[man.status == 'failed']
     if len(failed):
         eg = '; '.join(f"{Path(p).name}: {e[:200]}" for p, e in zip(failed.path.iloc[:3], failed.error.iloc[:3]))
         warnings.warn(f"build_cache: {len(failed)} of {len(man)} DICOMs failed ({eg}{'; …' if len(failed) > 3 else ''}); "
-                      f"all are listed in {dest/'manifest.csv'}")
+                      f"all are listed in {dest.manifest}")
     return man
 
 def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched at any depth), or DICOM files
-                dest: str | Path, # cache folder: `<size>/images/`, `<size>/masks/`, `manifest.csv`
+                dest: str | Path | CacheDir, # cache folder (see `pneumokit.layout.CacheDir`)
                 sizes: int | Iterable[int] = (256,), # side(s) of the square PNGs, e.g. (256, 512, 1024)
                 labels: str | Path | pd.DataFrame | None = None, # train-rle CSV, or `read_labels`/`group_labels` output
                 n_workers: int | None = None, # worker processes; default: the CPU cores available, 0: serial
                 progress: bool = True, # show progress bars
                ) -> pd.DataFrame:
     "Decode each DICOM once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
-    sizes, dest, paths, rles = _check_sizes(sizes), Path(dest), _as_paths(src), rles_by_id(labels)
+    sizes, dest, paths, rles = _check_sizes(sizes), CacheDir(dest), _as_paths(src), rles_by_id(labels)
     man = _plan(paths, _run(_id_or_error, paths, n_workers, progress), dest, sizes, rles)
     todo = man.index[man.status == 'todo']
     items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i])) for i in todo]

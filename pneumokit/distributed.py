@@ -1,4 +1,4 @@
-"""Beyond one GPU: one fold trained by several DDP processes launched through Hugging Face accelerate, folds trained as independent processes (one per GPU or machine), the GPU defaults, and what a 1024 px run costs per GPU type.
+"""Beyond one GPU: one fold trained by several DDP processes (`pneumokit train --distributed`), folds trained as independent processes (one per GPU or machine), accelerate config files for several machines, the GPU defaults, and what a 1024 px run costs per GPU type.
 
 Docs: https://pneumokit.github.io/pneumokit/distributed.html.md"""
 
@@ -6,65 +6,22 @@ Docs: https://pneumokit.github.io/pneumokit/distributed.html.md"""
 
 # %% ../nbs/21_distributed.ipynb #d2cc78f2
 from __future__ import annotations
-import json, os, socket, subprocess, sys, time
+import os, subprocess, sys, time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import torch
 import yaml
-from fastai.torch_core import num_distrib, rank_distrib
-from fastcore.script import call_parse, is_cli
 
+from .config import Config
 from .core import default_workers, write_bytes_atomic
 from .folds import load_folds
-from .train import Recipe, train_kfold
+from .layout import CacheDir, RunDir
+from .pipeline import as_config
 
 # %% auto #0
-__all__ = ['is_launched', 'launch_cmd', 'launch', 'accelerate_config', 'collect_folds', 'train_main', 'train_folds_parallel']
-
-# %% ../nbs/21_distributed.ipynb #6815e2d2
-def is_launched() -> bool:
-    "Whether this process is one of several that `accelerate launch` (or `torchrun`) started: `WORLD_SIZE` > 1."
-    return num_distrib() > 1
-
-def _free_port() -> int:
-    "A TCP port nobody listens on now (a rendezvous on this machine)."
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-# %% ../nbs/21_distributed.ipynb #0ee8d290
-def _local_launch_args(num_processes: int | None, port: int | None) -> list[str]:
-    n = (torch.cuda.device_count() or 1) if num_processes is None else num_processes
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"num_processes must be an int >= 1, got {n!r}")
-    return [*(['--multi_gpu'] if n > 1 else []), '--num_processes', str(n), '--num_machines', '1',
-            '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(port or _free_port())]
-
-def launch_cmd(args: Sequence[str | Path], # what every process runs: a script and its arguments, or `['-m', module, ...]`
-               num_processes: int | None = None, # processes on this machine (default: its GPUs, at least 1)
-               config_file: str | Path | None = None, # an `accelerate_config` file instead (several machines)
-               main_process_port: int | None = None, # rendezvous port (default: a free one, or the config file's)
-              ) -> list[str]:
-    "The `accelerate launch` command line that starts `args` as DDP processes (accelerate's own precision off)."
-    if not args: raise ValueError("`args` must name a script, or `-m` and a module, to launch")
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch']
-    if config_file is None: cmd += _local_launch_args(num_processes, main_process_port)
-    elif not Path(config_file).is_file(): raise FileNotFoundError(f"No accelerate config file at {config_file}")
-    else: cmd += ['--config_file', str(config_file), *(['--main_process_port', str(main_process_port)] if main_process_port else [])]
-    return cmd + [str(a) for a in args]
-
-def launch(args: Sequence[str | Path], # what every process runs (see `launch_cmd`)
-           num_processes: int | None = None, # processes on this machine (default: its GPUs, at least 1)
-           config_file: str | Path | None = None, # an `accelerate_config` file instead (several machines)
-           main_process_port: int | None = None, # rendezvous port (default: a free one, or the config file's)
-           env: dict | None = None, # extra environment variables for the processes
-           capture: bool = False, # return the output as text instead of printing it
-          ) -> subprocess.CompletedProcess:
-    "Run `args` as DDP processes through `accelerate launch`; returns once they have all ended."
-    cmd = launch_cmd(args, num_processes, config_file, main_process_port)
-    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=capture, text=True)
+__all__ = ['accelerate_config', 'train_folds_parallel']
 
 # %% ../nbs/21_distributed.ipynb #1553d2f1
 def _check_machines(num_machines: int, machine_rank: int, main_process_ip: str | None):
@@ -92,38 +49,6 @@ def accelerate_config(dest: str | Path, # YAML file to write
     write_bytes_atomic(dest, yaml.safe_dump(cfg, sort_keys=False).encode())
     return Path(dest)
 
-# %% ../nbs/21_distributed.ipynb #fa21c51f
-def collect_folds(out: str | Path, # a run folder with `fold<k>/summary.json` files
-                 ) -> pd.DataFrame:
-    "The summaries of every finished fold in `out`, also written to `<out>/summary.csv`."
-    files = sorted(Path(out).glob('fold*/summary.json'), key=lambda f: int(f.parent.name[4:]))
-    if not files: raise FileNotFoundError(f"No finished fold (fold*/summary.json) in {out}")
-    summary = pd.DataFrame([json.loads(f.read_text()) for f in files])
-    write_bytes_atomic(Path(out)/'summary.csv', summary.to_csv(index=False).encode())
-    return summary
-
-# %% ../nbs/21_distributed.ipynb #21f1830d
-@call_parse
-def train_main(recipe: str, # recipe JSON file (as `Recipe.to_dict()`, e.g. a fold folder's `recipe.json`)
-               cache: str, # PNG cache from `build_cache` (every stage size)
-               folds: str, # folds CSV from `save_folds`
-               out: str, # run folder: `<out>/fold<k>/` and `<out>/summary.csv`
-               fold: Annotated[int, "folds to train (default: every fold in FOLDS)", dict(nargs='+')] = None,
-               resume: bool = False, # continue killed folds; finished folds are not retrained
-               distributed: bool = False, # DDP across the processes `accelerate launch` started (see `launch`)
-               compile: str = '', # `torch.compile` backend, e.g. 'inductor' (empty: no compilation)
-               n_workers: int = None, # DataLoader workers per process (default: see `siim_dataloaders`)
-               tensorboard: bool = True, # write TensorBoard logs (`--no-tensorboard`: none)
-              ):
-    "Train a recipe's folds from files (one process, DDP under `accelerate launch`, or a fold per process); the run's summary."
-    r = Recipe(**json.loads(Path(recipe).read_text()))
-    train_kfold(r, cache, load_folds(folds), out, fold_ids=fold, resume=resume, distributed=distributed,
-                compile=compile or False, n_workers=n_workers, tensorboard=tensorboard)
-    if rank_distrib() != 0: return None
-    summary = collect_folds(out)
-    if is_cli(): print(summary.to_string(index=False))
-    return summary
-
 # %% ../nbs/21_distributed.ipynb #5bd60a85
 def _slots(gpus: Sequence[int] | None, n_procs: int | None) -> list[dict]:
     "One environment per concurrent fold: its GPU (`CUDA_VISIBLE_DEVICES`, none on a CPU) and its share of the threads."
@@ -133,11 +58,12 @@ def _slots(gpus: Sequence[int] | None, n_procs: int | None) -> list[dict]:
     threads = os.environ.get('OMP_NUM_THREADS', str(max(1, default_workers() // n)))
     return [dict(CUDA_VISIBLE_DEVICES=str(gpus[i % len(gpus)]) if gpus else '', OMP_NUM_THREADS=threads) for i in range(n)]
 
-def _fold_cmd(d: Path, cache, out: Path, fold: int, resume: bool, n_workers: int | None, tensorboard: bool, compile: str) -> list[str]:
-    "The command that trains `fold` alone, from the recipe and folds saved in `d`."
-    return [sys.executable, '-m', 'pneumokit.distributed', str(d/'recipe.json'), str(cache), str(d/'folds.csv'), str(out),
+def _fold_cmd(run: RunDir, cache: CacheDir, folds: Path, fold: int, resume: bool, n_workers: int | None,
+              tensorboard: bool) -> list[str]:
+    "The `pneumokit train` command that trains `fold` alone, with the run's own config."
+    return [sys.executable, '-m', 'pneumokit', 'train', str(run.config), str(cache.root), str(folds), str(run.root),
             '--fold', str(fold), *(['--resume'] if resume else []), *(['--no-tensorboard'] if not tensorboard else []),
-            *(['--compile', compile] if compile else []), *(['--n-workers', str(n_workers)] if n_workers is not None else [])]
+            *(['--workers', str(n_workers)] if n_workers is not None else [])]
 
 # %% ../nbs/21_distributed.ipynb #87225cb2
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -162,27 +88,27 @@ def _run_folds(cmds: dict[int, list[str]], slots: list[dict], logs: dict[int, Pa
 def _tail(f: Path, n: int = 5) -> str: return '\n'.join(f.read_text(errors='replace').splitlines()[-n:])
 
 # %% ../nbs/21_distributed.ipynb #5ff283fd
-def train_folds_parallel(recipe: Recipe, # model and stages
-                         cache: str | Path, # PNG cache (every stage size), seen by every process
-                         folds: pd.DataFrame, # from `make_folds`
-                         out: str | Path, # run folder: `<out>/fold<k>/`, `<out>/summary.csv`, `<out>/parallel/`
-                         fold_ids: Sequence[int] | None = None, # folds to train (default: all)
+def train_folds_parallel(cfg: str | Path | Config, # config name, file or `Config`
+                         cache: str | Path | CacheDir, # PNG cache (every stage size), seen by every process
+                         folds: str | Path, # folds CSV (from `split`)
+                         run: str | Path | RunDir, # run folder
+                         fold_ids: Sequence[int] | None = None, # folds to train (default: the config's, else all)
                          gpus: Sequence[int] | None = None, # GPU ids, one fold on each at a time (default: all visible)
                          n_procs: int | None = None, # folds at once (default: one per GPU; 1 without a GPU)
                          resume: bool = False, # continue killed folds; finished folds are not retrained
                          n_workers: int | None = None, # loader workers per fold (default: the cores shared, at most 8)
                          tensorboard: bool = True, # write TensorBoard logs
-                         compile: str = '', # `torch.compile` backend (empty: none)
                         ) -> pd.DataFrame:
-    "Train folds as independent processes, each on its own GPU (`CUDA_VISIBLE_DEVICES`); the run folder's summary."
-    out, ids = Path(out), sorted(folds.fold.unique()) if fold_ids is None else [int(k) for k in fold_ids]
-    if set(ids) - set(folds.fold): raise ValueError(f"folds {sorted(set(ids) - set(folds.fold))} are not in `folds`")
-    slots, d = _slots(gpus, n_procs), out/'parallel'
+    "Train folds as independent `pneumokit train` processes, each on its own GPU (`CUDA_VISIBLE_DEVICES`); the run's summary."
+    cfg, cache, run, folds = as_config(cfg), CacheDir(cache), RunDir(run), Path(folds)
+    ff = load_folds(folds)
+    ids = [int(k) for k in (fold_ids if fold_ids is not None else cfg.data.folds or sorted(ff.fold.unique()))]
+    if set(ids) - set(ff.fold): raise ValueError(f"folds {sorted(set(ids) - set(ff.fold))} are not in {folds}")
+    slots = _slots(gpus, n_procs)
     if n_workers is None and slots[0]['CUDA_VISIBLE_DEVICES']: n_workers = min(8, max(1, default_workers() // len(slots)))
-    d.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(d/'recipe.json', json.dumps(recipe.to_dict(), indent=1).encode())
-    write_bytes_atomic(d/'folds.csv', folds.to_csv(index=False).encode())
-    logs = {k: d/f'fold{k}.log' for k in ids}
-    failed = _run_folds({k: _fold_cmd(d, cache, out, k, resume, n_workers, tensorboard, compile) for k in ids}, slots, logs)
+    run.start(cfg.to_dict())  # every fold's process checks itself against this config
+    run.parallel.mkdir(parents=True, exist_ok=True)
+    logs = {k: run.parallel_log(k) for k in ids}
+    failed = _run_folds({k: _fold_cmd(run, cache, folds, k, resume, n_workers, tensorboard) for k in ids}, slots, logs)
     if failed: raise RuntimeError('\n'.join([f"folds {failed} failed; the end of their logs:"] + [f"{logs[k]}:\n{_tail(logs[k])}" for k in failed]))
-    return collect_folds(out)
+    return run.collect_summary()

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from .core import get_device, write_bytes_atomic
 from .data import imagenet_stats
 from .dicom import image_id_of, list_dicoms, read_dicom
+from .layout import RunDir, maps_ids
 from .train import Recipe, load_checkpoints, mean_probs
 
 # %% auto #0
-__all__ = ['TTAS', 'get_tta', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files', 'ids_path', 'predict_dicoms',
+__all__ = ['TTAS', 'get_tta', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files', 'predict_dicoms',
            'load_fold_models']
 
 # %% ../nbs/11_inference.ipynb #edf246c3
@@ -215,15 +216,11 @@ def dicom_files(src: str | Path | Sequence[str | Path], # DICOM folder (any dept
     if missing: raise FileNotFoundError(f"{len(missing)} of {len(files)} DICOM files not found, e.g. {missing[:3]}")
     return files
 
-def ids_path(dest: str | Path) -> Path:
-    "The ids CSV written next to the maps `dest`: `preds.npy` → `preds_ids.csv`."
-    return Path(dest).with_name(f'{Path(dest).stem}_ids.csv')
-
 # %% ../nbs/11_inference.ipynb #98d046c4
 def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
                    src: str | Path | Sequence[str | Path], # DICOM folder (any depth) or list of files
                    size: int, # side the models take (images read with `read_dicom(path, size)`)
-                   dest: str | Path, # `.npy` file for the (N, H, W) uint8 maps; ids go to `ids_path(dest)`
+                   dest: str | Path, # `.npy` file for the (N, H, W) uint8 maps; ids go beside it (`pneumokit.layout.maps_ids`)
                    tta: str = 'hflip', # a key of `TTAS`
                    out_size: int | tuple[int, int] | None = None, # side (or (H, W)) of the saved maps; None: `size`
                    bs: int = 8, # batch size
@@ -243,34 +240,30 @@ def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_
         return normalise(imgs.to(device, non_blocking=True))
     path = _stream(models, dl, to_x, len(files), dest, tta, out_hw, device)
     df = pd.DataFrame(dict(ImageId=ids, path=[str(f) for f in files]))
-    write_bytes_atomic(ids_path(dest), df.to_csv(index=False).encode())
+    write_bytes_atomic(maps_ids(dest), df.to_csv(index=False).encode())
     return df, path
 
 # %% ../nbs/11_inference.ipynb #cec48877
-def _fold_dirs(run_dir: Path, folds: Sequence[int] | None) -> list[Path]:
-    "The run's fold folders (all with a `recipe.json` when `folds` is None), each checked."
-    if not run_dir.is_dir(): raise FileNotFoundError(f"run folder not found: {run_dir}")
-    if folds is None: dirs = sorted((d for d in run_dir.glob('fold*') if (d/'recipe.json').is_file()), key=lambda d: (len(d.name), d.name))
-    else: dirs = [run_dir/f'fold{k}' for k in folds]
-    if not dirs: raise FileNotFoundError(f"no fold folders (fold*/recipe.json) in {run_dir}")
-    missing = [str(d/'recipe.json') for d in dirs if not (d/'recipe.json').is_file()]
-    if missing: raise FileNotFoundError(f"missing {missing}: each fold folder needs the recipe.json `train_fold` writes")
-    return dirs
+def _fold_ids(run: RunDir, folds: Sequence[int] | None) -> list[int]:
+    "The folds to ensemble: as asked, else every finished one; a `FileNotFoundError` when there are none."
+    if not run.root.is_dir(): raise FileNotFoundError(f"run folder not found: {run.root}")
+    ks = run.fold_ids('summary') if folds is None else [int(k) for k in folds]
+    if not ks: raise FileNotFoundError(f"no finished fold in {run.root}: train one, or name the folds to use")
+    return ks
 
-def _fold_checkpoints(fold_dir: Path) -> list[Path]:
+def _fold_checkpoints(run: RunDir, k: int) -> list[Path]:
     "The fold's top-k checkpoints."
-    files = sorted(fold_dir.glob('model_*.pth'))
-    if not files: raise FileNotFoundError(f"no checkpoints (model_*.pth) in {fold_dir}")
+    files = run.fold(k).checkpoints()
+    if not files: raise FileNotFoundError(f"no checkpoints (model_*.pth) in {run.fold(k).root}")
     return files
 
 # %% ../nbs/11_inference.ipynb #c0651ddc
-def load_fold_models(run_dir: str | Path, # a `train_fold`/`train_kfold` run folder
-                     folds: Sequence[int] | None = None, # which folds (default: every `fold*` folder with a recipe)
+def load_fold_models(run_dir: str | Path | RunDir, # a `train_fold`/`train_kfold` run folder
+                     folds: Sequence[int] | None = None, # which folds (default: every finished fold)
                      device: str | torch.device | None = None, # default: `get_device()`
                     ) -> list[nn.Module]:
-    "Every top-k checkpoint of the chosen folds, rebuilt from its fold's recipe, in eval mode on `device`."
-    models = []
-    for d in _fold_dirs(Path(run_dir), folds):
-        recipe = Recipe(**json.loads((d/'recipe.json').read_text()))
-        models += load_checkpoints(recipe, _fold_checkpoints(d), device)
-    return models
+    "Every top-k checkpoint of the chosen folds, rebuilt from the run's recipe, in eval mode on `device`."
+    run = RunDir(run_dir)
+    ks = _fold_ids(run, folds)
+    recipe = Recipe.from_dict(run.read_config())
+    return [m for k in ks for m in load_checkpoints(recipe, _fold_checkpoints(run, k), device)]

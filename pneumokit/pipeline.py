@@ -1,4 +1,4 @@
-"""The competition pipeline as six calls (prepare, split, train, search, predict, submit) on a config, plus the demo and its report: what the CLI commands and the tutorials run.
+"""The competition pipeline as calls on a config (synth, prepare, audit, eda, split, train, search, predict, submit), plus the demo and its report: what the `pneumokit` commands and the tutorials run.
 
 Docs: https://pneumokit.github.io/pneumokit/pipeline.html.md"""
 
@@ -6,31 +6,31 @@ Docs: https://pneumokit.github.io/pneumokit/pipeline.html.md"""
 
 # %% ../nbs/14b_pipeline.ipynb #5002d76b
 from __future__ import annotations
-import json, time
+import json, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from fastai.torch_core import rank_distrib
 from matplotlib.figure import Figure
 
-from .config import Config, load_config, save_config
-from .core import write_bytes_atomic
+from .config import Config, config_from_dict, list_configs, load_config
+from .core import data_dir, project_root, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
+from .eda import audit as audit_labels, save_eda_figures
 from .folds import load_folds, make_folds, save_folds
-from .inference import ids_path, load_fold_models, predict_dicoms
-from .postprocess import apply_triplet, level_cut, plot_search, positive_ratio_gate, search_ratio_gate, search_thresholds
+from .inference import load_fold_models, predict_dicoms
+from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_ids
+from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
-from .smoke import oof_truths
 from .submission import make_submission
-from .train import load_oof, train_kfold
+from .synthetic import make_mini_siim
+from .train import train_kfold
 
 # %% auto #0
-__all__ = ['as_config', 'run_config', 'run_info', 'prepare', 'split', 'train', 'SearchResult', 'search', 'predict', 'submit',
-           'oof_arrays', 'oof_gallery', 'submission_score', 'demo']
+__all__ = ['as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'SearchResult', 'search',
+           'predict', 'submit', 'oof_arrays', 'oof_gallery', 'submission_score', 'demo']
 
 # %% ../nbs/14b_pipeline.ipynb #629938e4
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -38,22 +38,36 @@ def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or
     "A `Config` from whatever names one."
     return cfg if isinstance(cfg, Config) else load_config(cfg)
 
-def run_config(run: str | Path, # a run folder written by `train`
+def run_config(run: str | Path | RunDir, # a run folder written by `train`
               ) -> Config:
-    "The config a run was trained with (its `config.yaml`)."
-    f = Path(run)/'config.yaml'
-    if not f.is_file(): raise FileNotFoundError(f"{f} not found: is {run} a run folder written by `pneumokit train`?")
-    return load_config(f)
+    "The config a run was trained with (the one it saved)."
+    run = RunDir(run)
+    return config_from_dict(run.read_config(), str(run.config))
 
-def run_info(run: str | Path) -> dict:
-    "Where the run's training data is (`run.json`: cache and folds files)."
-    f = Path(run)/'run.json'
-    if not f.is_file(): raise FileNotFoundError(f"{f} not found: is {run} a run folder written by `pneumokit train`?")
-    return json.loads(f.read_text())
+def configs() -> pd.DataFrame:
+    "The shipped experiment configs: name, cached sizes, folds, expected cost of a full run, description."
+    rows = []
+    for n in list_configs():
+        c = load_config(n)
+        rows.append(dict(config=n, sizes=','.join(map(str, c.sizes)), folds=c.data.folds or f'all {c.data.n_splits}',
+                         rule=c.thresholds.rule, expected=c.expected.get('time', ''), description=c.description))
+    return pd.DataFrame(rows)
 
 # %% ../nbs/14b_pipeline.ipynb #66d46167
+def synth(dest: str | Path | None = None, # output folder (default: data/mini-siim)
+          n_train: int = 200, # training images
+          n_test: int = 50, # test images
+          size: int = 1024, # image side in pixels (SIIM is 1024)
+          seed: int = 0, # random seed: same seed, same files
+          overwrite: bool = False, # replace an existing mini-SIIM in `dest`
+          progress: bool = True, # progress bar
+         ) -> Path:
+    "Write a synthetic mini-SIIM: DICOMs, `train-rle.csv`, a sample submission and the test truth, in the Kaggle layout."
+    dest = Path(dest) if dest else data_dir('mini-siim')
+    return make_mini_siim(dest, n_train=n_train, n_test=n_test, size=size, seed=seed, overwrite=overwrite, progress=progress)
+
 def prepare(dicoms: str | Path, # DICOM folder (Kaggle layout or flat)
-            cache: str | Path, # PNG cache folder
+            cache: str | Path | CacheDir, # PNG cache folder
             cfg: str | Path | Config | None = None, # cache the sizes this config trains and predicts at
             labels: str | Path | None = None, # label CSV: masks are cached too
             sizes: Sequence[int] | None = None, # or explicit sizes
@@ -62,16 +76,37 @@ def prepare(dicoms: str | Path, # DICOM folder (Kaggle layout or flat)
            ) -> pd.DataFrame:
     "Cache DICOMs (and masks) as PNG at the config's sizes; resumable (files already cached are skipped)."
     if sizes is None:
-        if cfg is None: raise ValueError("prepare needs `cfg` (its sizes) or `sizes`")
+        if cfg is None: raise ValueError("prepare needs a config (its sizes) or explicit sizes")
         sizes = as_config(cfg).sizes
     return build_cache(dicoms, cache, sizes=tuple(sizes), labels=labels, n_workers=n_workers, progress=progress)
+
+# %% ../nbs/14b_pipeline.ipynb #7a11c0e0
+def audit(labels: str | Path, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
+          dicoms: str | Path, # DICOM folder
+          out: str | Path | None = None, # also write the findings as CSV here
+          expected_size: int = 1024, # image side every DICOM should have
+          n_workers: int | None = None, # processes reading DICOMs (default: all cores)
+          progress: bool = True, # progress bar
+         ) -> pd.DataFrame:
+    "Labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files; one row each."
+    res = audit_labels(labels, dicoms, expected_size=expected_size, n_workers=n_workers, progress=progress)
+    if out is not None: write_bytes_atomic(out, res.to_csv(index=False).encode())
+    return res
+
+def eda(labels: str | Path, # label CSV
+        dicoms: str | Path, # DICOM folder (for demographics and overlays)
+        dest: str | Path = 'reports/eda', # folder for the figures
+        progress: bool = True, # progress bar
+       ) -> list[Path]:
+    "The standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG files in `dest`."
+    return save_eda_figures(labels, dicoms, Path(dest), progress=progress)
 
 def split(labels: str | Path, # label CSV
           dest: str | Path, # folds CSV to write
           cfg: str | Path | Config | None = None, # its `data.n_splits` and `data.seed` (default: 5 and 0)
           dicoms: str | Path | None = None, # DICOM folder: folds are then grouped by PatientID
           n_workers: int | None = None, # processes reading DICOM headers
-          progress: bool = True,
+          progress: bool = True, # progress bar
          ) -> pd.DataFrame:
     "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`."
     d = as_config(cfg).data if cfg is not None else None
@@ -81,169 +116,135 @@ def split(labels: str | Path, # label CSV
     return folds
 
 # %% ../nbs/14b_pipeline.ipynb #7fcb6dbf
-def _start_run(cfg: Config, run: Path, cache: Path, folds_file: Path, resume: bool):
-    "Write (or, resuming, check) the run's config and data pointers."
-    run.mkdir(parents=True, exist_ok=True)
-    if (run/'config.yaml').exists():
-        if run_config(run).to_dict() != load_config(save_config(cfg, run/'.config.check.yaml')).to_dict():
-            raise ValueError(f"{run/'config.yaml'} differs from config {cfg.name!r}: use a new run folder")
-        (run/'.config.check.yaml').unlink()
-    else: save_config(cfg, run/'config.yaml')
-    write_bytes_atomic(run/'run.json', json.dumps(dict(cache=str(cache.resolve()), folds=str(folds_file.resolve()))).encode())
-
-def _collect_summary(run: Path) -> pd.DataFrame:
-    "Every finished fold's summary (folds may have been trained by separate commands)."
-    rows = [json.loads(f.read_text()) for f in sorted(run.glob('fold*/summary.json'))]
-    df = pd.DataFrame(rows)
-    write_bytes_atomic(run/'summary.csv', df.to_csv(index=False).encode())
-    return df
+def _train_folds(cfg: Config, folds: pd.DataFrame, folds_file: Path, fold: int | None) -> list[int]:
+    "The folds to train: `fold`, else the config's `data.folds`, else all; each checked against the folds file."
+    ids = [fold] if fold is not None else cfg.data.folds if cfg.data.folds is not None else sorted(folds.fold.unique())
+    if bad := [k for k in ids if k not in set(folds.fold)]:
+        raise ValueError(f"fold {bad[0]} is not in {folds_file} (folds: {sorted(folds.fold.unique())})")
+    return [int(k) for k in ids]
 
 def train(cfg: str | Path | Config, # config name, file or `Config`
-          cache: str | Path, # PNG cache (from `prepare`)
+          cache: str | Path | CacheDir, # PNG cache (from `prepare`)
           folds: str | Path, # folds CSV (from `split`)
-          run: str | Path, # run folder
+          run: str | Path | RunDir, # run folder
           fold: int | None = None, # train only this fold (default: the config's `data.folds`, else all)
           resume: bool = False, # continue killed folds; finished folds are kept
           device: str | None = None, # default: CUDA when available
           n_workers: int | None = None, # DataLoader workers
           tensorboard: bool = True, # TensorBoard logs in each fold folder
-          distributed: bool = False, # DDP across the processes `accelerate launch` started (see `pneumokit.distributed`)
+          distributed: bool = False, # DDP across the processes `accelerate launch` started (`pneumokit train --distributed`)
          ) -> pd.DataFrame:
     "Train the config's folds into `run`; returns the summary of every finished fold in the run."
-    cfg, run, cache, folds_file = as_config(cfg), Path(run), Path(cache), Path(folds)
-    for p, what in ((cache, 'PNG cache'), (folds_file, 'folds file')):
+    cfg, run, cache, folds_file = as_config(cfg), RunDir(run), CacheDir(cache), Path(folds)
+    for p, what in ((cache.root, 'PNG cache'), (folds_file, 'folds file')):
         if not p.exists(): raise FileNotFoundError(f"{what} not found: {p}")
-    missing = [s for s in cfg.sizes if not (cache/str(s)/'images').is_dir()]
-    if missing: raise FileNotFoundError(f"{cache} has no images at size(s) {missing}: run `prepare` with this config first")
+    if missing := [s for s in cfg.sizes if s not in cache.sizes()]:
+        raise FileNotFoundError(f"{cache.root} has no images at size(s) {missing}: run `prepare` with this config first")
     ff = load_folds(folds_file)
-    ids = sorted(ff.fold.unique()) if fold is None and cfg.data.folds is None else [fold] if fold is not None else cfg.data.folds
-    if bad := [k for k in ids if k not in set(ff.fold)]: raise ValueError(f"fold {bad[0]} is not in {folds_file} (folds: {sorted(ff.fold.unique())})")
-    main = rank_distrib() == 0  # under DDP only the first process writes the run's files
-    if main: _start_run(cfg, run, cache, folds_file, resume)
-    summary = train_kfold(cfg.recipe, cache, ff, run, fold_ids=[int(k) for k in ids], resume=resume, device=device,
-                          n_workers=n_workers, tensorboard=tensorboard, distributed=distributed)
-    return _collect_summary(run) if main else summary
+    ids = _train_folds(cfg, ff, folds_file, fold)
+    run.start(cfg.to_dict())
+    run.write_info(cache, folds_file)
+    train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, device=device, n_workers=n_workers,
+                tensorboard=tensorboard, distributed=distributed)
+    return run.collect_summary()
 
 # %% ../nbs/14b_pipeline.ipynb #4e659dff
-def _search(cfg: Config, maps: list, truths: list) -> pd.DataFrame:
-    "The config's threshold rule scored over its grid."
-    t = cfg.thresholds
-    if t.gate == 'ratio': return search_ratio_gate(maps, truths, t.ratios, t.bottoms)
-    if t.gate == 'single':  # one threshold and a pixel count: the triplets whose top equals bottom
-        res = search_thresholds(maps, truths, t.tops, t.areas, t.tops)
-        return res[res.top == res.bottom].reset_index(drop=True)
-    return search_thresholds(maps, truths, t.tops, t.areas, t.bottoms)
-
-def _plot_ratio(res: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(5, 3), layout='constrained'); ax = fig.subplots()
-    for b, g in res.groupby('bottom'): g = g.sort_values('ratio'); ax.plot(g.ratio, g.dice, '.-', label=f'bottom {b:g}')
-    ax.set(xlabel='kept ratio', ylabel='Dice', title='positive-ratio gate'); ax.legend(fontsize=7)
-    return fig
-
 @dataclass
 class SearchResult:
     "What `search` found."
     results: pd.DataFrame  # every grid point, best first
-    best: dict  # the rule and values to submit with (`thresholds.json`)
-    figure: Figure  # the search plot (`search.png`)
+    best: dict  # the rule and values to submit with (saved as `RunDir.thresholds`), plus its score and the map size
+    figure: Figure  # the search plot
 
-def search(run: str | Path, # run folder (from `train`)
+def search(run: str | Path | RunDir, # run folder (from `train`)
            cfg: str | Path | Config | None = None, # default: the run's own config
           ) -> SearchResult:
-    "Score the config's threshold grid on the out-of-fold maps; write `thresholds.csv`, `thresholds.json`, `search.png`."
-    run = Path(run)
+    "Score the config's threshold rule over its grid on the out-of-fold maps; save the table, the best rule and the plot."
+    run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
-    ids, maps = load_oof(run)
-    size = int(maps[0].shape[-1])
-    truths = oof_truths(ids, run_info(run)['cache'], size)
-    res = _search(cfg, maps, truths)
-    top = res.iloc[0]
-    keys = ['ratio', 'bottom'] if cfg.thresholds.gate == 'ratio' else ['top', 'area', 'bottom']
-    best = dict(gate=cfg.thresholds.gate, **{k: res[k].iloc[0].item() for k in keys}, size=size, dice=float(top.dice),
-                all_empty=float(1 - ids.has_mask.mean()), n_images=len(ids), folds=sorted(ids.fold.unique().tolist()))
-    fig = _plot_ratio(res) if cfg.thresholds.gate == 'ratio' else plot_search(res)
-    write_bytes_atomic(run/'thresholds.csv', res.to_csv(index=False).encode())
-    write_bytes_atomic(run/'thresholds.json', json.dumps(best, indent=1).encode())
-    fig.savefig(run/'search.png', dpi=90)
+    ids, maps = run.load_oof()
+    size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
+    res = rule.search(maps, run.oof_truths(ids, size), cfg.thresholds.grid())
+    best = dict(rule.best(res).to_dict(), size=size, dice=float(res.dice.iloc[0]), all_empty=float(1 - ids.has_mask.mean()),
+                n_images=len(ids), folds=[int(k) for k in pd.unique(ids.fold)])
+    fig = rule.plot(res)
+    run.write_csv(run.thresholds_table, res)
+    run.write_json(run.thresholds, best)
+    if run.main: fig.savefig(run.search_plot, dpi=90)
     return SearchResult(res, best, fig)
 
 # %% ../nbs/14b_pipeline.ipynb #ce544bc1
-def predict(run: str | Path, # run folder (from `train`)
+def predict(run: str | Path | RunDir, # run folder (from `train`)
             dicoms: str | Path, # folder of test DICOMs
-            dest: str | Path | None = None, # `.npy` for the maps (default: `<run>/test_probs.npy`)
+            dest: str | Path | None = None, # `.npy` for the maps (default: the run's test maps file)
             cfg: str | Path | Config | None = None, # default: the run's config (TTA, size, batch size)
-            folds: Sequence[int] | None = None, # folds to ensemble (default: every trained fold)
+            folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
             device: str | None = None, # default: CUDA when available
            ) -> tuple[pd.DataFrame, Path]:
     "Fold × top-k checkpoint ensemble with the config's TTA on every DICOM; maps streamed to a uint8 `.npy`."
-    run = Path(run)
+    run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
     models = load_fold_models(run, folds, device)
-    return predict_dicoms(models, dicoms, size=cfg.predict_size, dest=dest or run/'test_probs.npy',
+    return predict_dicoms(models, dicoms, size=cfg.predict_size, dest=dest or run.test_probs,
                           tta=cfg.inference.tta, bs=cfg.inference.bs, device=device)
 
-def _thresholds(thresholds: str | Path | dict) -> dict:
-    "The rule to submit with: a dict, or a `thresholds.json` file (or the run folder holding one)."
-    if isinstance(thresholds, dict): return thresholds
-    f = Path(thresholds)
-    f = f/'thresholds.json' if f.is_dir() else f
-    if not f.is_file(): raise FileNotFoundError(f"{f} not found: run `search` first, or give top/area/bottom")
-    return json.loads(f.read_text())
+def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved rule file (or its run folder), or a dict like it
+            ) -> tuple[ThresholdRule, int | None]:
+    "The rule to submit with, and the map size its pixel counts refer to (None: the maps' own)."
+    if isinstance(thresholds, ThresholdRule): return thresholds, None
+    if isinstance(thresholds, dict): return rule_from_dict(thresholds), thresholds.get('size')
+    p = Path(thresholds)
+    if not p.is_dir():
+        if not p.is_file(): raise FileNotFoundError(f"{p} not found: give a run folder, its thresholds file or a rule")
+        t = _read_rule_file(p)
+        return rule_from_dict(t), t.get('size')
+    run = RunDir(p)
+    if run.thresholds.is_file(): t = run.read_thresholds(); return rule_from_dict(t), t.get('size')
+    cfg = run_config(run)
+    if (rule := cfg.thresholds.default_rule()) is None:
+        raise FileNotFoundError(f"{run.thresholds} not found and {run.config} has no `thresholds.default`: run `search` first")
+    print(f"no threshold search in {run.root}: submitting with the config's default rule ({rule.describe()})")
+    return rule, cfg.recipe.stages[-1].size
 
-def _ratio_maps(maps: np.ndarray, ratio: float, bottom: float):
-    "The maps with all but the top `ratio` (by `prob > bottom` area) zeroed, one at a time."
-    cut = level_cut(bottom)
-    keep = positive_ratio_gate(np.array([np.count_nonzero(m > cut) for m in maps]), ratio)
-    for m, k in zip(maps, keep): yield m if k else np.zeros_like(m)
+def _read_rule_file(p: Path) -> dict:
+    "A rule saved as JSON (by `search`, or written by hand)."
+    try: return json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
 
 def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
            dest: str | Path, # submission CSV
-           thresholds: str | Path | dict, # `thresholds.json` (or its run folder), or a dict like it
+           thresholds: str | Path | dict | ThresholdRule, # run folder, a saved rule file, a rule or a dict like it
            sample: str | Path | None = None, # sample_submission.csv to validate against
            out_size: int = 1024, # side of the submitted masks
-           progress: bool = True,
+           progress: bool = True, # progress bar
           ) -> Path:
-    "Binarise the maps with the searched rule (areas scaled from the search's map size) and write a validated submission."
+    "Binarise the maps with the rule (pixel counts scaled from the searched map size) and write a validated submission."
     probs = Path(probs)
     if not probs.is_file(): raise FileNotFoundError(f"probability maps not found: {probs}")
-    maps, t = np.load(probs, mmap_mode='r'), _thresholds(thresholds)
-    ids = pd.read_csv(ids_path(probs)).ImageId.tolist()
-    if t.get('gate', 'triplet') == 'ratio':
-        return make_submission(_ratio_maps(maps, t['ratio'], t['bottom']), ids, dest, t['bottom'], 0, t['bottom'],
-                               sample=sample, size=out_size, progress=progress)
-    scale = (out_size / t.get('size', maps.shape[-1])) ** 2  # the search counted pixels on its own maps
-    return make_submission(maps, ids, dest, t['top'], int(round(t['area'] * scale)), t['bottom'], sample=sample,
-                           size=out_size, progress=progress)
+    maps, (rule, size) = np.load(probs, mmap_mode='r'), _rule_at(thresholds)
+    ids = pd.read_csv(maps_ids(probs)).ImageId.tolist()
+    rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
+    return make_submission(maps, ids, dest, rule=rule, sample=sample, size=out_size, progress=progress)
 
 # %% ../nbs/14b_pipeline.ipynb #01a25838
-def _binarise(maps: np.ndarray, t: dict) -> np.ndarray:
-    "Masks of a batch of maps under the searched rule (at the maps' own size)."
-    if t['gate'] == 'ratio':
-        m = apply_triplet(maps, t['bottom'], 0, t['bottom'])
-        return m * positive_ratio_gate(m, t['ratio'])[:, None, None]
-    return apply_triplet(maps, t['top'], t['area'], t['bottom'])
-
-def _read_pngs(folder: Path, ids: Sequence[str]) -> np.ndarray:
-    import cv2
-    return np.stack([cv2.imread(str(folder/f'{i}.png'), cv2.IMREAD_GRAYSCALE) for i in ids])
-
-def oof_arrays(run: str | Path, # run folder (from `train`)
+def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)
               ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     "Out-of-fold ids, probability maps (uint8), true masks and images of a run, all at the maps' size, in memory."
-    run = Path(run)
-    ids, maps = load_oof(run)
-    cache, size = Path(run_info(run)['cache']), int(maps[0].shape[-1])
-    probs, truths = np.concatenate([np.asarray(m) for m in maps]), np.concatenate(oof_truths(ids, cache, size))
-    return ids, probs, truths, _read_pngs(cache/str(size)/'images', ids.ImageId)
+    run = RunDir(run)
+    ids, maps = run.load_oof()
+    size = int(maps[0].shape[-1])
+    probs, truths = np.concatenate([np.asarray(m) for m in maps]), np.concatenate(run.oof_truths(ids, size))
+    return ids, probs, truths, run.cache().read_images(size, ids.ImageId.tolist())
 
-def oof_gallery(run: str | Path, # run folder with `thresholds.json` (from `search`)
+def oof_gallery(run: str | Path | RunDir, # run folder with a threshold search (from `search`)
                 k: int = 8, # images to show
                 kind: str = 'all', # 'all', 'false-positive' or 'missed' (see `pneumokit.viz.worst_images`)
                ) -> Figure:
     "Overlays (true positive / false positive / false negative) of the worst out-of-fold images under the searched rule."
     from pneumokit.viz import gallery
     ids, probs, truths, images = oof_arrays(run)
-    return gallery(images, _binarise(probs, _thresholds(Path(run))), truths, k=k, kind=kind, ids=ids.ImageId.tolist())
+    rule = rule_from_dict(RunDir(run).read_thresholds())
+    return gallery(images, rule.apply(probs), truths, k=k, kind=kind, ids=ids.ImageId.tolist())
 
 def submission_score(sub: str | Path, # submission CSV
                      truth: str | Path, # label CSV of the same images (the synthetic set's `test-rle-truth.csv`)
@@ -262,10 +263,10 @@ def submission_score(sub: str | Path, # submission CSV
 def _report_md(cfg: Config, best: dict, summary: pd.DataFrame, test_score: float | None, audit_n: int,
                files: dict, times: dict) -> str:
     "The demo's report.md."
-    rule = ', '.join(f'{k}={best[k]:g}' for k in ('top', 'area', 'bottom', 'ratio') if k in best)
+    rule = rule_from_dict(best).describe()
     L = [f'# pneumokit demo report', '', f'Config `{cfg.name}`: {cfg.description}', '',
          '## Out-of-fold result', '', '| | Kaggle Dice |', '|---|---|',
-         f"| out-of-fold, searched {best['gate']} rule ({rule}) | **{best['dice']:.4f}** |",
+         f"| out-of-fold, searched rule ({rule}) | **{best['dice']:.4f}** |",
          f"| all-empty baseline (same {best['n_images']} images) | {best['all_empty']:.4f} |"]
     if test_score is not None: L += [f'| submission vs the synthetic test truth | {test_score:.4f} |']
     L += ['', '## Folds', '', '| fold | best epoch | top-k mean | validation images |', '|---|---|---|---|']
@@ -280,30 +281,28 @@ class _Timer:
     def __init__(self): self.times, self.t0 = {}, time.time()
     def __call__(self, name: str): self.times[name] = time.time() - self.t0; self.t0 = time.time()
 
-def _figures(run: Path, summary: pd.DataFrame, res: SearchResult, report: Path) -> dict:
+def _figures(run: RunDir, summary: pd.DataFrame, res: SearchResult, report: ReportDir) -> dict:
     "Training curves, search plot and overlay gallery into the report folder."
     from pneumokit.viz import plot_history
     out = {}
     for k in summary.fold:
-        out[f'curves fold {k}'] = report/f'curves_fold{k}.png'
-        plot_history(run/f'fold{k}'/'history.csv', title=f'fold {k}').savefig(out[f'curves fold {k}'], dpi=90)
-    out['threshold search'] = report/'search.png'; res.figure.savefig(out['threshold search'], dpi=90)
-    out['overlay gallery'] = report/'gallery.png'; oof_gallery(run).savefig(out['overlay gallery'], dpi=90)
+        out[f'curves fold {k}'] = report.curves(k)
+        plot_history(run.fold(k).history, title=f'fold {k}').savefig(out[f'curves fold {k}'], dpi=90)
+    out['threshold search'] = report.search_plot; res.figure.savefig(out['threshold search'], dpi=90)
+    out['overlay gallery'] = report.gallery; oof_gallery(run).savefig(out['overlay gallery'], dpi=90)
     return out
 
-def _data_half(data: Path, cache: Path, report: Path, cfg: Config, n_train: int, n_test: int, size: int, seed: int,
-               fresh: bool, n_workers, tm: _Timer) -> int:
+def _data_half(data: SiimDir, cache: CacheDir, report: ReportDir, cfg: Config, n_train: int, n_test: int, size: int,
+               seed: int, fresh: bool, n_workers, tm: _Timer) -> int:
     "Synthetic set, cache, metadata + audit, EDA figures; returns the number of audit findings."
-    from pneumokit.eda import audit, save_eda_figures
-    from pneumokit.synthetic import make_mini_siim
-    if fresh or not (data/'train-rle.csv').exists():
+    if fresh or not data.train_labels.exists():
         make_mini_siim(data, n_train=n_train, n_test=n_test, size=size, seed=seed, overwrite=True, n_workers=n_workers)
-    else: print(f"reusing the synthetic set in {data} (fresh=True to regenerate)")
+    else: print(f"reusing the synthetic set in {data.root} (fresh=True to regenerate)")
     tm('generate')
-    prepare(data/'dicom-images-train', cache, cfg, labels=data/'train-rle.csv', n_workers=n_workers); tm('cache')
-    findings = audit(data/'train-rle.csv', data/'dicom-images-train', expected_size=size, n_workers=n_workers)
-    write_bytes_atomic(report/'audit.csv', findings.to_csv(index=False).encode()); tm('audit')
-    save_eda_figures(data/'train-rle.csv', data/'dicom-images-train', report/'figures'); tm('eda')
+    prepare(data.train_dicoms, cache, cfg, labels=data.train_labels, n_workers=n_workers); tm('cache')
+    findings = audit(data.train_labels, data.train_dicoms, report.audit, expected_size=size, n_workers=n_workers)
+    tm('audit')
+    eda(data.train_labels, data.train_dicoms, report.figures); tm('eda')
     return len(findings)
 
 # %% ../nbs/14b_pipeline.ipynb #30ba8cba
@@ -319,29 +318,27 @@ def demo(data: str | Path | None = None, # synthetic set folder (default: data/m
          n_workers: int | None = None, # processes for the data steps
         ) -> Path:
     "The whole pipeline on the synthetic mini-SIIM, from DICOMs to a validated submission and a report folder."
-    import shutil
-    from pneumokit.core import data_dir, project_root
     cfg, tm = as_config(cfg), _Timer()
-    data = Path(data) if data else data_dir('mini-siim')
-    report = Path(report) if report else (project_root() or Path.cwd())/'reports'/'demo'
-    run, cache = Path(run) if run else data.parent/f'{data.name}-run', data.parent/f'{data.name}-cache'
-    if fresh: shutil.rmtree(run, ignore_errors=True)
-    report.mkdir(parents=True, exist_ok=True)
+    data = SiimDir(data if data else data_dir('mini-siim'))
+    report = ReportDir(report if report else (project_root() or Path.cwd())/'reports'/'demo')
+    base = data.root.parent/data.root.name  # the demo's own files sit beside the data: <data>-run, -cache, -folds.csv
+    run, cache, folds = RunDir(run if run else f'{base}-run'), CacheDir(f'{base}-cache'), Path(f'{base}-folds.csv')
+    if fresh: shutil.rmtree(run.root, ignore_errors=True)
+    report.root.mkdir(parents=True, exist_ok=True)
     n_audit = _data_half(data, cache, report, cfg, n_train, n_test, size, seed, fresh, n_workers, tm)
-    split(data/'train-rle.csv', run.parent/f'{data.name}-folds.csv', cfg, dicoms=data/'dicom-images-train', n_workers=n_workers)
+    split(data.train_labels, folds, cfg, dicoms=data.train_dicoms, n_workers=n_workers)
     tm('folds')
-    summary = train(cfg, cache, run.parent/f'{data.name}-folds.csv', run, resume=True, tensorboard=False); tm('train')
+    summary = train(cfg, cache, folds, run, resume=True, tensorboard=False); tm('train')
     res = search(run); tm('search')
-    _, probs = predict(run, data/'dicom-images-test'); tm('predict')
-    sub = submit(probs, report/'submission.csv', run, sample=data/'sample_submission.csv'); tm('submit')
-    truth = data/'test-rle-truth.csv'
-    test_score = submission_score(sub, truth) if truth.exists() else None
-    files = {'synthetic set': data, 'PNG cache': cache, 'run (checkpoints, out-of-fold maps)': run,
-             'submission': sub, 'EDA figures': report/'figures', **_figures(run, summary, res, report)}
+    _, probs = predict(run, data.test_dicoms); tm('predict')
+    sub = submit(probs, report.submission, run, sample=data.sample_submission); tm('submit')
+    test_score = submission_score(sub, data.test_truth) if data.test_truth.exists() else None
+    files = {'synthetic set': data.root, 'PNG cache': cache.root, 'run (checkpoints, out-of-fold maps)': run.root,
+             'submission': sub, 'EDA figures': report.figures, **_figures(run, summary, res, report)}
     tm('report')
-    files['report'] = report/'report.md'
+    files['report'] = report.markdown
     write_bytes_atomic(files['report'], _report_md(cfg, res.best, summary, test_score, n_audit, files, tm.times).encode())
     print(f"\npneumokit demo: out-of-fold Kaggle Dice {res.best['dice']:.4f} (all-empty {res.best['all_empty']:.4f})"
           + (f", submission vs test truth {test_score:.4f}" if test_score is not None else '') + f", {sum(tm.times.values()):.0f} s")
     print('\n'.join(f'  {k:38s} {v}' for k, v in files.items()))
-    return report
+    return report.root

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from .dicom import build_cache
 from .folds import load_folds, make_folds, save_folds
+from .layout import CacheDir, RunDir, SiimDir
 from .synthetic import make_mini_siim
-from .train import Recipe, Stage, load_oof, train_kfold
+from .train import Recipe, Stage, train_kfold
 
 # %% auto #0
-__all__ = ['smoke_recipe', 'SmokeRun', 'smoke_run', 'oof_truths']
+__all__ = ['smoke_recipe', 'SmokeRun', 'smoke_run']
 
 # %% ../nbs/10a_smoke.ipynb #c49e58bc
 def smoke_recipe(size: int = 64, # training size (the cache must hold it)
@@ -36,10 +36,16 @@ def smoke_recipe(size: int = 64, # training size (the cache must hold it)
 class SmokeRun:
     "Where a `smoke_run` put things."
     data: Path  # the synthetic mini-SIIM (Kaggle layout)
-    cache: Path  # its PNG cache
+    cache: CacheDir  # its PNG cache
     folds: pd.DataFrame  # the folds
-    run: Path  # the `train_kfold` run folder (out-of-fold maps in `fold*/oof.npy`)
+    run: RunDir  # the `train_kfold` run folder
     summary: pd.DataFrame  # one row per trained fold
+
+    def oof(self) -> tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray]]:
+        "Out-of-fold ids, each fold's maps and each fold's true masks, in one order (see `RunDir.load_oof`)."
+        ids, maps = self.run.load_oof()
+        return ids, maps, self.run.oof_truths(ids, int(maps[0].shape[-1]))
+
 
 def smoke_run(dest: str | Path, # folder for everything; reused when it already holds a run
               n_train: int = 200, # synthetic training images
@@ -51,23 +57,12 @@ def smoke_run(dest: str | Path, # folder for everything; reused when it already 
              ) -> SmokeRun:
     "Synthetic mini-SIIM → PNG cache → 5 folds → trained folds with out-of-fold maps, resuming what exists."
     dest = Path(dest)
-    data, cache, ff = dest/'mini-siim', dest/'cache', dest/'folds.csv'
-    if not (data/'train-rle.csv').exists(): make_mini_siim(data, n_train=n_train, n_test=n_test, size=256, seed=seed, progress=False)
-    build_cache(data/'dicom-images-train', cache, sizes=(size,), labels=data/'train-rle.csv', progress=False)
-    if not ff.exists(): save_folds(make_folds(data/'train-rle.csv', n_splits=5, seed=seed), ff)
+    data, cache, ff, run = SiimDir(dest/'mini-siim'), CacheDir(dest/'cache'), dest/'folds.csv', RunDir(dest/'run')
+    if not data.train_labels.exists(): make_mini_siim(data, n_train=n_train, n_test=n_test, size=256, seed=seed, progress=False)
+    build_cache(data.train_dicoms, cache, sizes=(size,), labels=data.train_labels, progress=False)
+    if not ff.exists(): save_folds(make_folds(data.train_labels, n_splits=5, seed=seed), ff)
     folds = load_folds(ff)
-    summary = train_kfold(recipe or smoke_recipe(size), cache, folds, dest/'run', fold_ids=list(fold_ids), resume=True,
+    summary = train_kfold(recipe or smoke_recipe(size), cache, folds, run, fold_ids=list(fold_ids), resume=True,
                           tensorboard=False)
-    return SmokeRun(data, cache, folds, dest/'run', summary)
-
-# %% ../nbs/10a_smoke.ipynb #a025e4aa
-def oof_truths(ids: pd.DataFrame, # `load_oof` ids (ImageId, fold)
-               cache: str | Path, # the PNG cache the run trained on
-               size: int, # the maps' size
-              ) -> list[np.ndarray]:
-    "The true 0/1 masks of the out-of-fold images, one (N, size, size) uint8 array per fold, in `load_oof` order."
-    def read(i):
-        m = cv2.imread(str(Path(cache)/str(size)/'masks'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
-        if m is None: raise FileNotFoundError(f"no cached mask for {i} in {Path(cache)/str(size)/'masks'}")
-        return (m > 127).astype(np.uint8)
-    return [np.stack([read(i) for i in ids.ImageId[ids.fold == k]]) for k in sorted(ids.fold.unique())]
+    run.write_info(cache, ff)
+    return SmokeRun(data.root, cache, folds, run, summary)

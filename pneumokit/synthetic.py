@@ -21,6 +21,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ComputedRadiographyImageStorage, JPEGBaseline8Bit, generate_uid
 
 from .core import default_workers, write_bytes_atomic
+from .layout import SiimDir
 from .rle import rle_encode
 
 # %% auto #0
@@ -462,12 +463,11 @@ def _dicom_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/03_synthetic.ipynb #9d3ea8fd
-_FOLDERS = {'train': 'dicom-images-train', 'test': 'dicom-images-test'}
-_HEADER, _SUB_HEADER, _TRUTH = 'ImageId, EncodedPixels', 'ImageId,EncodedPixels', 'test-rle-truth.csv'
+_HEADER, _SUB_HEADER = 'ImageId, EncodedPixels', 'ImageId,EncodedPixels'
 
-def _dicom_path(dest: Path, info: dict) -> Path:
+def _dicom_path(dest: SiimDir, info: dict) -> Path:
     "Kaggle's nested path of one image: `<folder>/<study>/<series>/<ImageId>.dcm`."
-    return dest/_FOLDERS[info['split']]/info['StudyInstanceUID']/info['SeriesInstanceUID']/f"{info['ImageId']}.dcm"
+    return dest.dicoms(info['split'])/info['StudyInstanceUID']/info['SeriesInstanceUID']/f"{info['ImageId']}.dcm"
 
 def _label_lines(image_id: str, regions: list[np.ndarray]) -> list[str]:
     "One image's lines of train-rle.csv: one per region, the RLE after a space; `-1` (no space) when negative."
@@ -481,26 +481,26 @@ def _make_one(info: dict, dest: Path, size: int, seed: int) -> list[str]:
 
 def _csv(header: str, lines: list[str]) -> bytes: return ('\n'.join([header, *lines]) + '\n').encode()
 
-def _write_csvs(dest: Path, plan: pd.DataFrame, lines: list[list[str]]) -> None:
-    "sample_submission.csv, the test truth, then train-rle.csv (last: it marks a complete data set)."
+def _write_csvs(dest: SiimDir, plan: pd.DataFrame, lines: list[list[str]]) -> None:
+    "The sample submission, the test truth, then the training labels (last: they mark a complete data set)."
     test = (plan.split == 'test').tolist()
-    write_bytes_atomic(dest/'sample_submission.csv', _csv(_SUB_HEADER, [f'{i},-1' for i in plan.ImageId[test]]))
-    write_bytes_atomic(dest/_TRUTH, _csv(_HEADER, [l for ls, t in zip(lines, test) if t for l in ls]))
-    write_bytes_atomic(dest/'train-rle.csv', _csv(_HEADER, [l for ls, t in zip(lines, test) if not t for l in ls]))
+    write_bytes_atomic(dest.sample_submission, _csv(_SUB_HEADER, [f'{i},-1' for i in plan.ImageId[test]]))
+    write_bytes_atomic(dest.test_truth, _csv(_HEADER, [l for ls, t in zip(lines, test) if t for l in ls]))
+    write_bytes_atomic(dest.train_labels, _csv(_HEADER, [l for ls, t in zip(lines, test) if not t for l in ls]))
 
 # %% ../nbs/03_synthetic.ipynb #cc88796d
-def _prepare_dest(dest: Path, overwrite: bool) -> Path:
+def _prepare_dest(dest: SiimDir, overwrite: bool) -> SiimDir:
     "Check that `dest` may receive a mini SIIM, remove the image folders of the one it replaces, create empty ones."
-    if dest.exists() and not dest.is_dir(): raise ValueError(f"dest {dest} exists and is not a folder")
-    if (dest/'train-rle.csv').exists() and not (dest/_TRUTH).exists():
-        raise ValueError(f"{dest} has a train-rle.csv but no {_TRUTH}: it looks like a real SIIM download, "
-                         "which make_mini_siim never overwrites; choose another dest")
-    old = [p for p in ('train-rle.csv', *_FOLDERS.values()) if (dest/p).exists()]
+    if dest.root.exists() and not dest.root.is_dir(): raise ValueError(f"dest {dest.root} exists and is not a folder")
+    if dest.train_labels.exists() and not dest.test_truth.exists():
+        raise ValueError(f"{dest.root} has a {dest.train_labels.name} but no {dest.test_truth.name}: it looks like a real "
+                         "SIIM download, which make_mini_siim never overwrites; choose another dest")
+    old = [p.name for p in (dest.train_labels, dest.train_dicoms, dest.test_dicoms) if p.exists()]
     if old and not overwrite:
-        raise ValueError(f"{dest} already holds a SIIM data set ({', '.join(old)}); pass overwrite=True to replace it")
-    for f in _FOLDERS.values():
-        shutil.rmtree(dest/f, ignore_errors=True)
-        (dest/f).mkdir(parents=True)
+        raise ValueError(f"{dest.root} already holds a SIIM data set ({', '.join(old)}); pass overwrite=True to replace it")
+    for f in (dest.train_dicoms, dest.test_dicoms):
+        shutil.rmtree(f, ignore_errors=True)
+        f.mkdir(parents=True)
     return dest
 
 # %% ../nbs/03_synthetic.ipynb #b3518e65
@@ -517,9 +517,9 @@ def make_mini_siim(dest: str | Path, # folder to write into (created when missin
     n_train, n_test = _check_int('n_train', n_train, 1), _check_int('n_test', n_test, 0)
     size, seed = _check_int('size', size, 64), _check_int('seed', seed, 0)
     n_workers = default_workers() if n_workers is None else _check_int('n_workers', n_workers, 0)
-    dest = _prepare_dest(Path(dest), overwrite)
+    dest = _prepare_dest(SiimDir(dest), overwrite)
     plan = plan_mini_siim(n_train, n_test, seed)
     lines = parallel(_make_one, plan.to_dict('records'), dest=dest, size=size, seed=seed, n_workers=n_workers,
                      progress=progress)
     _write_csvs(dest, plan, list(lines))
-    return dest
+    return dest.root

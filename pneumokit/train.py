@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from accelerate import PartialState
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
@@ -25,19 +24,21 @@ from fastai.callback.training import GradientAccumulation, GradientClip
 from fastai.distributed import DistributedTrainer
 from fastai.learner import Learner, load_model
 from fastai.optimizer import Adam, RAdam, SGD, ranger
-from fastai.torch_core import distrib_barrier, num_distrib, rank_distrib
 from fastprogress.fastprogress import progress_bar
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import atomic_write, get_device, seed_everything, write_bytes_atomic
-from .data import ShardedDL, set_dls, siim_dataloaders
-from .losses import get_loss
+from .core import (atomic_write, check_bool, check_choice, check_float, check_int, check_prob, get_device,
+                            seed_everything, write_bytes_atomic)
+from .data import AUG_PRESETS, ShardedDL, set_dls, siim_dataloaders
+from .ddp import barrier, from_rank0, is_main, rank, world_size
+from .layout import CacheDir, FoldDir, RunDir
+from .losses import LOSSES, get_loss
 from .metrics import KaggleDice, dice_per_image
 from .models import AuxHeadLoss, build_model, seg_learner
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'train_fold', 'load_checkpoints',
-           'mean_probs', 'write_oof', 'load_oof', 'train_kfold']
+__all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'train_fold',
+           'load_checkpoints', 'mean_probs', 'write_oof', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #2b4253eb
 @dataclass
@@ -57,17 +58,26 @@ class Stage:
     sched: str = 'one_cycle'  # 'one_cycle' or 'cosine' (flat, then cosine annealing)
     wd: float | None = None  # weight decay (fastai default when None)
 
+    def __post_init__(self): _check_stage(self)
+
 _SCHEDS = ('one_cycle', 'cosine')
 
-def _check_stage(s: Stage, i: int) -> Stage:
-    "Validate one stage; errors name the stage index and field."
-    def bad(f, want): raise ValueError(f"stage {i}: {f}={getattr(s, f)!r}, expected {want}")
-    for f in ('size', 'epochs', 'bs', 'accum'):
-        if not isinstance(getattr(s, f), (int, np.integer)) or getattr(s, f) < 1: bad(f, 'a positive integer')
-    lrs = s.lr if isinstance(s.lr, (tuple, list)) else (s.lr,)
-    if len(lrs) not in (1, 2) or not all(isinstance(v, (int, float)) and v > 0 for v in lrs): bad('lr', 'a positive float or (lo, hi)')
-    if s.sched not in _SCHEDS: bad('sched', f'one of {_SCHEDS}')
-    return s
+def _check_lr(lr):
+    lrs = lr if isinstance(lr, (tuple, list)) else (lr,)
+    if len(lrs) not in (1, 2): raise ValueError(f"`lr` must be a positive float or (encoder, head), got {lr!r}")
+    for v in lrs: check_float('lr', v, positive=True)
+
+def _check_pos_frac(pf):
+    for v in (pf if isinstance(pf, (tuple, list)) else [] if pf is None else [pf]): check_float('pos_frac', v, 0, 1, positive=True)
+
+def _check_stage(s: Stage):
+    "Every field of a stage, checked where it is built; errors name the field."
+    for f in ('size', 'epochs', 'bs', 'accum'): check_int(f, getattr(s, f))
+    _check_lr(s.lr); _check_pos_frac(s.pos_frac)
+    check_bool('frozen', s.frozen); check_bool('positives_only', s.positives_only)
+    check_choice('loss', s.loss, LOSSES); check_choice('aug', s.aug, AUG_PRESETS); check_choice('sched', s.sched, _SCHEDS)
+    if not isinstance(s.loss_kwargs, dict): raise ValueError(f"`loss_kwargs` must be a mapping, got {s.loss_kwargs!r}")
+    if s.wd is not None: check_float('wd', s.wd, 0)
 
 # %% ../nbs/10_train.ipynb #c37b91ac
 OPTIMIZERS = dict(adam=Adam, radam=RAdam, sgd=SGD, ranger=ranger)  # fastai optimizers by name
@@ -91,12 +101,43 @@ class Recipe:
     deterministic: bool = False  # deterministic kernels (slower)
 
     def __post_init__(self):
-        self.stages = [_check_stage(s if isinstance(s, Stage) else Stage(**s), i) for i, s in enumerate(self.stages)]
-        if not self.stages: raise ValueError("a recipe needs at least one stage")
-        if self.top_k < 1: raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.opt not in OPTIMIZERS: raise ValueError(f"opt={self.opt!r}, expected one of {list(OPTIMIZERS)}")
+        if not isinstance(self.stages, (list, tuple)) or not self.stages: raise ValueError("a recipe needs at least one stage")
+        self.stages = [_stage(s, i) for i, s in enumerate(self.stages)]
+        _check_recipe(self)
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        "The recipe as the `model`, `train` and `stages` sections of a config: the form a run folder saves (`RunDir.config`)."
+        d = {sec: {k: getattr(self, f) for k, f in keys.items()} for sec, keys in RECIPE_SECTIONS.items()}
+        return dict(d, stages=[asdict(s) for s in self.stages])
+
+    @classmethod
+    def from_dict(cls, d: dict, # config sections: `model`, `train` (keys as in `RECIPE_SECTIONS`) and `stages`
+                 ) -> Recipe:
+        "The recipe of a config's sections (missing keys take their defaults; unknown ones are an error)."
+        kw = {}
+        for sec, keys in RECIPE_SECTIONS.items():
+            part = d.get(sec) or {}
+            if bad := [k for k in part if k not in keys]: raise ValueError(f"unknown key `{sec}.{bad[0]}`; valid keys: {', '.join(keys)}")
+            kw.update({keys[k]: v for k, v in part.items()})
+        return cls(stages=d.get('stages') or [], **kw)
+
+RECIPE_SECTIONS = dict(  # config section -> {config key: `Recipe` field}: the one map between the YAML and the recipe
+    model=dict(arch='arch', encoder='encoder', weights='weights', opt='opt', kwargs='model_kwargs', freeze_bn='freeze_bn',
+               aux_weight='aux_weight'),
+    train=dict(top_k='top_k', threshold='threshold', min_area='min_area', clip='clip', seed='seed', deterministic='deterministic'))
+
+def _stage(s, i: int) -> Stage:
+    "Stage `i` of a recipe (a `Stage` or its fields), with its index in the message of a bad field."
+    try: return s if isinstance(s, Stage) else Stage(**s)
+    except (ValueError, TypeError) as e: raise ValueError(f"stage {i}: {e}") from None
+
+def _check_recipe(r: Recipe):
+    "The recipe's own fields (the stages check themselves)."
+    check_int('top_k', r.top_k); check_prob('threshold', r.threshold); check_int('min_area', r.min_area, 0)
+    check_choice('opt', r.opt, OPTIMIZERS); check_float('aux_weight', r.aux_weight, 0); check_int('seed', r.seed, 0)
+    check_bool('freeze_bn', r.freeze_bn); check_bool('deterministic', r.deterministic)
+    if r.clip is not None: check_float('clip', r.clip, positive=True)
+    if not isinstance(r.model_kwargs, dict): raise ValueError(f"`model_kwargs` must be a mapping, got {r.model_kwargs!r}")
 
 # %% ../nbs/10_train.ipynb #03e479d1
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,21 +156,20 @@ def save_checkpoint(learn: Learner, # model (and optimizer) to save
 
 # %% ../nbs/10_train.ipynb #7ec0293f
 class RunState:
-    "The resumable state of one fold's run, kept in `folder/state.json`."
-    def __init__(self, folder: str | Path, # the fold's run folder
+    "The resumable state of one fold's run, kept in its state file (`pneumokit.layout.FoldDir.state`)."
+    def __init__(self, folder: str | Path | FoldDir, # the fold's folder
                  top_k: int = 3, # checkpoints to keep
-                 main: bool = True): # False on the other ranks of a distributed run: they keep the state in memory only
-        self.folder, self.top_k, self.main = Path(folder), top_k, main
-        f = self.folder/'state.json'
+                 main: bool | None = None): # write files? default: on rank 0 only (the others keep the state in memory)
+        self.fold = folder if isinstance(folder, FoldDir) else FoldDir(folder)
+        self.folder, self.top_k, self.main = self.fold.root, top_k, self.fold.main if main is None else main
+        f = self.fold.state
         self.state = json.loads(f.read_text()) if f.exists() else dict(stage=0, epoch=0, last=None, history=[], topk=[])
         self._sweep()
 
     def _sweep(self):
-        "Remove checkpoints `state.json` does not name: left behind when a run is killed between saving and cleaning up."
+        "Remove checkpoints the state file does not name: left behind when a run is killed between saving and cleaning up."
         if not self.main or not self.folder.exists(): return
-        keep = {self.state['last'], *(r['file'] for r in self.state['topk'])}
-        for f in [*self.folder.glob('last_*.pth'), *self.folder.glob('model_*.pth'), *self.folder.glob('.*.tmp')]:
-            if f.name not in keep: f.unlink(missing_ok=True)
+        for f in self.fold.strays({self.state['last'], *(r['file'] for r in self.state['topk'])}): f.unlink(missing_ok=True)
 
     @property
     def position(self) -> tuple[int, int]: return self.state['stage'], self.state['epoch']
@@ -137,7 +177,7 @@ class RunState:
     @property
     def started(self) -> bool: return self.state['last'] is not None
 
-    def _write(self): write_bytes_atomic(self.folder/'state.json', json.dumps(self.state, indent=1).encode())
+    def _write(self): write_bytes_atomic(self.fold.state, json.dumps(self.state, indent=1).encode())
 
     def _update_topk(self, learn: Learner, name: str, row: dict):
         ranked = sorted(self.state['topk'] + [dict(row, file=name)], key=lambda r: -r['score'])
@@ -147,20 +187,20 @@ class RunState:
         return [r['file'] for r in drop if r['file'] != name]
 
     def epoch_done(self, learn: Learner, stage: int, epoch: int, n_epochs: int, row: dict):
-        "Record a finished epoch: new last checkpoint, top-k update, then `state.json`; old files removed after."
-        last = f'last_s{stage}_e{epoch}.pth'
+        "Record a finished epoch: new last checkpoint, top-k update, then the state file; old files removed after."
+        last = FoldDir.last_name(stage, epoch)
         if self.main: save_checkpoint(learn, self.folder/last)
-        drop = self._update_topk(learn, f'model_s{stage}_e{epoch}.pth', row)
+        drop = self._update_topk(learn, FoldDir.model_name(stage, epoch), row)
         old, done = self.state['last'], epoch + 1 == n_epochs
         self.state.update(stage=stage + done, epoch=0 if done else epoch + 1, last=last)
         self.state['history'].append(row)
         if self.main: self._commit(drop + ([old] if old and old != last else []))
 
     def _commit(self, stale: list[str]):
-        "Write `state.json`, then remove the files it no longer names, then the history CSV."
+        "Write the state file, then remove the files it no longer names, then the history CSV."
         self._write()
         for f in stale: (self.folder/f).unlink(missing_ok=True)
-        write_bytes_atomic(self.folder/'history.csv', pd.DataFrame(self.state['history']).to_csv(index=False).encode())
+        write_bytes_atomic(self.fold.history, pd.DataFrame(self.state['history']).to_csv(index=False).encode())
 
     def best_files(self) -> list[Path]: return [self.folder/r['file'] for r in self.state['topk']]
 
@@ -209,7 +249,7 @@ class _DDPTrainer(DistributedTrainer):
 def _to_ddp(learn: Learner, sync_bn: bool):
     "Train `learn` with DDP across the launched processes; only rank 0 shows progress and logs."
     learn.add_cb(_DDPTrainer(sync_bn=sync_bn, cpu=learn.dls.device.type == 'cpu'))
-    if rank_distrib(): learn.remove_cb(ProgressCallback)
+    if not is_main(): learn.remove_cb(ProgressCallback)
 
 def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path, ddp: bool = False,
              compile: bool | str = False) -> Learner:
@@ -243,22 +283,20 @@ def _fit_stage(learn: Learner, st: Stage, start_epoch: int, cbs: list, clip: flo
     learn.fit(st.epochs, wd=st.wd, cbs=[sched] + cbs, start_epoch=start_epoch)
 
 # %% ../nbs/10_train.ipynb #53b598cc
-def _check_run_folder(folder: Path, recipe: Recipe, resume: bool, main: bool = True):
-    "A new run needs an empty folder; a resumed one needs the same recipe. Every rank checks before rank 0 writes."
-    saved = folder/'recipe.json'
-    if saved.exists():
-        if not resume: raise ValueError(f"{folder} already holds a run: pass resume=True to continue it, or use a new folder")
-        if json.loads(saved.read_text()) != json.loads(json.dumps(recipe.to_dict())):
-            raise ValueError(f"{saved} differs from this recipe: a run resumes only with the recipe it started with")
-    distrib_barrier()
-    if main and not saved.exists(): write_bytes_atomic(saved, json.dumps(recipe.to_dict(), indent=1).encode())
+def _start_fold(run: RunDir, recipe: Recipe, fold: int, resume: bool) -> FoldDir:
+    "The fold's folder, after the run's config check: a started fold continues only with `resume`."
+    run.start(recipe.to_dict())
+    f = run.fold(fold)
+    if f.started and not resume: raise ValueError(f"{f.root} already holds a run: pass resume=True to continue it, or use a new folder")
+    if f.main: f.root.mkdir(parents=True, exist_ok=True)
+    return f
 
 def _ddp_rank(distributed: bool) -> int | None:
     "This process's rank in a DDP run (`None`: a single process); refuses a launch of several processes without `distributed`."
-    if num_distrib() > 1 and not distributed:
-        raise ValueError(f"started as one of {num_distrib()} processes (WORLD_SIZE={num_distrib()}): pass distributed=True "
+    if world_size() > 1 and not distributed:
+        raise ValueError(f"started as one of {world_size()} processes (WORLD_SIZE={world_size()}): pass distributed=True "
                          "for DDP, or start each fold as its own process (see `pneumokit.distributed`)")
-    return rank_distrib() if distributed and num_distrib() > 1 else None
+    return rank() if distributed and world_size() > 1 else None
 
 def _ddp_device(device: str | None, ddp: bool) -> torch.device:
     "This process's device; under DDP its local GPU (or the CPU), with the process group started (NCCL, or gloo)."
@@ -268,24 +306,17 @@ def _ddp_device(device: str | None, ddp: bool) -> torch.device:
     PartialState(cpu=device.type == 'cpu')  # accelerate: process group from the launcher's variables; sets the GPU
     return device
 
-def _from_rank0(obj):
-    "`obj` as rank 0 has it, on every rank of a distributed run (the others wait for it)."
-    if num_distrib() <= 1 or not dist.is_initialized(): return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
 # %% ../nbs/10_train.ipynb #e74109f9
-def _writer(folder: Path, tensorboard: bool):
-    if not tensorboard: return None
+def _writer(folder: FoldDir, tensorboard: bool):
+    if not (tensorboard and folder.main): return None
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(folder/'tb'))
+    return SummaryWriter(str(folder.tensorboard))
 
 def train_fold(recipe: Recipe, # model and stages
                cache: str | Path, # PNG cache from `build_cache` (every stage size cached)
                folds: pd.DataFrame, # from `make_folds`
                fold: int, # validation fold
-               out: str | Path, # run folder: the fold writes to `<out>/fold<k>/`
+               out: str | Path | RunDir, # run folder (`pneumokit.layout.RunDir`): the fold writes to its `fold<k>/`
                resume: bool = False, # continue a killed run from its last finished epoch
                device: str | None = None, # default: CUDA when available, else CPU
                n_workers: int | None = None, # DataLoader workers (default: see `siim_dataloaders`)
@@ -296,25 +327,24 @@ def train_fold(recipe: Recipe, # model and stages
               ) -> dict:
     "Train one fold through every stage; returns its summary (best score, checkpoints, out-of-fold maps)."
     rank = _ddp_rank(distributed)
-    folder, device, main = Path(out)/f'fold{fold}', _ddp_device(device, rank is not None), rank in (None, 0)
-    folder.mkdir(parents=True, exist_ok=True)
-    _check_run_folder(folder, recipe, resume, main)
-    run = RunState(folder, recipe.top_k, main=main)
+    device = _ddp_device(device, rank is not None)
+    folder = _start_fold(RunDir(out), recipe, fold, resume)
+    run = RunState(folder, recipe.top_k)
     seed_everything(recipe.seed + fold + len(run.state['history']) + (rank or 0), recipe.deterministic)
-    learn, writer = None, _writer(folder, tensorboard and main)
+    learn, writer = None, _writer(folder, tensorboard)
     s0, e0 = run.position
     for i, st in enumerate(recipe.stages):
         if i < s0: continue
         dls = _stage_dls(recipe, st, cache, folds, fold, n_workers, device, rank or 0)
         start = e0 if i == s0 else 0
         dls.train.epoch = start  # the positive-rate schedule resumes where it stopped
-        if learn is None: learn = _learner(recipe, dls, st, device, folder, rank is not None, compile)
+        if learn is None: learn = _learner(recipe, dls, st, device, folder.root, rank is not None, compile)
         else: set_dls(learn, dls)
         _prepare_stage(recipe, learn, st)
-        if i == s0 and run.started: load_model(folder/run.state['last'], learn.model, learn.opt, device=device)
+        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
         _fit_stage(learn, st, start, [FoldCheckpoint(run, i, st.epochs, start, writer=writer), *cbs], recipe.clip)
     if writer is not None: writer.close()
-    return _from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if main else None)
+    return from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if folder.main else None)
 
 # %% ../nbs/10_train.ipynb #9c2ea804
 def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained with
@@ -362,47 +392,35 @@ def write_oof(models: Sequence[torch.nn.Module], # checkpoints' models (see `loa
     return np.concatenate(scores)
 
 # %% ../nbs/10_train.ipynb #5ddc29fe
-def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold: int, folder: Path,
+def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold: int, folder: FoldDir,
                  device: torch.device) -> dict:
     "Out-of-fold maps from the top-k checkpoints at the last stage's size, and the fold summary."
     st = recipe.stages[-1]
     dl = _stage_dls(recipe, st, cache, folds, fold, 0, device).valid
-    scores = write_oof(load_checkpoints(recipe, run.best_files(), device), dl, folder/'oof.npy', recipe.threshold)
+    scores = write_oof(load_checkpoints(recipe, run.best_files(), device), dl, folder.oof_maps, recipe.threshold)
     ids = pd.DataFrame(dict(ImageId=list(dl.items))).merge(folds[['ImageId', 'has_mask']], on='ImageId', how='left')
-    write_bytes_atomic(folder/'oof_ids.csv', ids.assign(dice=scores).to_csv(index=False).encode())
+    folder.write_csv(folder.oof_ids, ids.assign(dice=scores))
     top = run.state['topk']
-    return dict(fold=fold, best_score=top[0]['score'], oof_dice=float(scores.mean()), size=st.size, n_valid=len(ids),
-                checkpoints=[r['file'] for r in top], oof=str(folder/'oof.npy'))
-
-# %% ../nbs/10_train.ipynb #b564ce13
-def load_oof(out: str | Path, # a `train_kfold` run folder
-             folds: Sequence[int] | None = None, # which folds (default: every `fold*` folder with maps)
-            ) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    "Out-of-fold ids (with fold, has_mask, dice) and the memory-mapped uint8 maps of each fold, without loading them."
-    dirs = sorted(Path(out).glob('fold*')) if folds is None else [Path(out)/f'fold{k}' for k in folds]
-    dirs = [d for d in dirs if (d/'oof.npy').exists()]
-    if not dirs: raise FileNotFoundError(f"no out-of-fold maps (fold*/oof.npy) in {out}")
-    ids = [pd.read_csv(d/'oof_ids.csv').assign(fold=int(d.name[4:])) for d in dirs]
-    return pd.concat(ids, ignore_index=True), [np.load(d/'oof.npy', mmap_mode='r') for d in dirs]
+    res = dict(fold=fold, best_score=top[0]['score'], oof_dice=float(scores.mean()), size=st.size, n_valid=len(ids),
+               checkpoints=[r['file'] for r in top], oof=str(folder.oof_maps))
+    folder.write_json(folder.summary, res)  # last: a fold with a summary has finished
+    return res
 
 # %% ../nbs/10_train.ipynb #bbfc42c3
 def train_kfold(recipe: Recipe, # model and stages
                 cache: str | Path, # PNG cache (every stage size)
                 folds: pd.DataFrame, # from `make_folds`
-                out: str | Path, # run folder: `<out>/fold<k>/` per fold, `<out>/summary.csv`
+                out: str | Path | RunDir, # run folder: a folder per fold, and the run's summary
                 fold_ids: Sequence[int] | None = None, # folds to train (default: all)
                 resume: bool = False, # continue killed folds; finished folds are not retrained
                 **kwargs, # passed to `train_fold`
                ) -> pd.DataFrame:
-    "Train folds one after another; one summary row per fold, also written to `<out>/summary.csv` (by rank 0 under DDP)."
-    out = Path(out)
-    rows = []
+    "Train folds one after another; one summary row per fold trained (or finished before), and the run's summary file."
+    run, rows = RunDir(out), []
     for k in (sorted(folds.fold.unique()) if fold_ids is None else fold_ids):
-        done = out/f'fold{k}'/'summary.json'
-        if resume and done.exists(): rows.append(json.loads(done.read_text())); continue
-        res = train_fold(recipe, cache, folds, int(k), out, resume=resume, **kwargs)
-        if rank_distrib() == 0: write_bytes_atomic(done, json.dumps(res).encode())
-        rows.append(res)
-    summary = pd.DataFrame(rows)
-    if rank_distrib() == 0: write_bytes_atomic(out/'summary.csv', summary.to_csv(index=False).encode())
-    return summary
+        f = run.fold(int(k))
+        if resume and f.finished: rows.append(f.read_summary()); continue
+        rows.append(train_fold(recipe, cache, folds, int(k), run, resume=resume, **kwargs))
+    barrier()  # under DDP, rank 0 has written every fold's summary before anyone reads them
+    run.collect_summary()
+    return pd.DataFrame(rows)

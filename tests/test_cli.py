@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ['synth', 'preprocess', 'audit', 'eda', 'folds', 'train', 'search', 'predict', 'submit', 'configs', 'demo']
+COMMANDS = ['synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'configs', 'demo']
 
 
 def test_usage_lists_commands():
@@ -37,13 +37,14 @@ def test_unknown_command():
 
 def test_bad_inputs(tmp_path):
     _one_line_failure(run_cli('synth', '--dest', tmp_path/'s', '--n-train', 0, check=False), 'pneumokit synth', 'n_train')
-    _one_line_failure(run_cli('preprocess', tmp_path/'nope', tmp_path/'c', check=False), 'DICOM folder not found')
-    _one_line_failure(run_cli('preprocess', tmp_path, tmp_path/'c', '--sizes', '256,big', check=False), '--sizes')
+    _one_line_failure(run_cli('prepare', tmp_path/'nope', tmp_path/'c', check=False), 'DICOM folder not found')
+    _one_line_failure(run_cli('prepare', tmp_path, tmp_path/'c', '--sizes', '256,big', check=False), '--sizes')
+    _one_line_failure(run_cli('prepare', tmp_path, tmp_path/'c', check=False), 'needs a config')
     _one_line_failure(run_cli('audit', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
     _one_line_failure(run_cli('eda', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
     _one_line_failure(run_cli('demo', '--config', 'siim-99th', '--data', tmp_path/'d', '--report', tmp_path/'r',
                               check=False), "config 'siim-99th' not found")
-    _one_line_failure(run_cli('folds', tmp_path/'missing.csv', check=False), 'label CSV not found')
+    _one_line_failure(run_cli('split', tmp_path/'missing.csv', check=False), 'label CSV not found')
     _one_line_failure(run_cli('train', 'demo', tmp_path/'nocache', tmp_path/'f.csv', tmp_path/'run', check=False), 'PNG cache not found')
     _one_line_failure(run_cli('search', tmp_path/'norun', check=False), 'run folder not found')
     _one_line_failure(run_cli('predict', tmp_path, tmp_path, check=False), 'config.yaml not found')
@@ -59,11 +60,11 @@ def test_commands_end_to_end(tmp_path):
     assert (d/'train-rle.csv').read_text().startswith('ImageId, EncodedPixels')
     # refusing to overwrite an existing set is bad input too
     _one_line_failure(run_cli('synth', '--dest', d, '--n-train', 4, '--size', 256, check=False), 'pneumokit synth')
-    out = run_cli('preprocess', d/'dicom-images-train', tmp_path/'cache', '--labels', d/'train-rle.csv',
+    out = run_cli('prepare', d/'dicom-images-train', tmp_path/'cache', '--labels', d/'train-rle.csv',
                   '--sizes', '64,128').stdout
     assert '16 written' in out
     assert len(list((tmp_path/'cache'/'128'/'masks').glob('*.png'))) == 16
-    assert '16 skipped' in run_cli('preprocess', d/'dicom-images-train', tmp_path/'cache', '--labels',
+    assert '16 skipped' in run_cli('prepare', d/'dicom-images-train', tmp_path/'cache', '--labels',
                                    d/'train-rle.csv', '--sizes', '64,128').stdout
     res = run_cli('audit', d/'train-rle.csv', d/'dicom-images-train', '--expected-size', 256, '--out', tmp_path/'a.csv')
     assert '0 finding' in res.stdout and len(pd.read_csv(tmp_path/'a.csv')) == 0

@@ -41,7 +41,7 @@ def ddp_run(tmp_path_factory):
     from pneumokit.dicom import build_cache
     from pneumokit.folds import make_folds, save_folds
     from pneumokit.synthetic import make_mini_siim
-    from pneumokit.distributed import launch
+    from pneumokit.ddp import launch
     d = tmp_path_factory.mktemp('ddp')
     mini = make_mini_siim(d/'mini', n_train=41, n_test=0, size=128, progress=False)
     build_cache(mini/'dicom-images-train', d/'cache', sizes=(64,), labels=mini/'train-rle.csv', progress=False)
@@ -91,7 +91,8 @@ def test_metric_equals_single_process(ddp_run):
     from pneumokit.train import Recipe, _metrics, load_checkpoints
     d, folds, ranks = ddp_run
     assert (folds.fold == 0).sum() % 2 == 1  # an odd validation fold: the second shard is padded
-    recipe = Recipe(**json.loads((d/'run'/'fold0'/'recipe.json').read_text()))
+    from pneumokit.layout import RunDir
+    recipe = Recipe.from_dict(RunDir(d/'run').read_config())
     model = load_checkpoints(recipe, [d/'run'/'fold0'/ranks[0]['res']['checkpoints'][0]], device='cpu')[0]
     dls = siim_dataloaders(d/'cache', 64, folds, 0, bs=4, aug='none', n_workers=0, device='cpu')
     learn = Learner(dls, model, loss_func=get_loss('bce'), metrics=_metrics(recipe))

@@ -19,9 +19,9 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp('recipes')
     run_cli('synth', '--dest', d/'mini', '--n-train', 100, '--n-test', 6, '--size', 256)
     mini = d/'mini'
-    run_cli('preprocess', mini/'dicom-images-train', d/'cache', '--labels', mini/'train-rle.csv',
+    run_cli('prepare', mini/'dicom-images-train', d/'cache', '--labels', mini/'train-rle.csv',
             '--config', 'siim-1st-place.cpu-smoke', '--workers', 0)
-    out = run_cli('folds', mini/'train-rle.csv', d/'folds.csv', '--config', 'siim-1st-place.cpu-smoke',
+    out = run_cli('split', mini/'train-rle.csv', d/'folds.csv', '--config', 'siim-1st-place.cpu-smoke',
                   '--dicoms', mini/'dicom-images-train', '--workers', 0).stdout
     assert '100 images in 5 folds' in out
     return d
@@ -40,8 +40,8 @@ def test_smoke_recipe_runs_end_to_end(data, cfg):
     run, sub = data/f'run-{cfg}', data/f'sub-{cfg}.csv'
     _cli_pipeline(data, cfg, run, sub)
     best = json.loads((run/'thresholds.json').read_text())
-    assert best['gate'] == {'siim-34th-place.cpu-smoke': 'single', 'siim-42nd-place.cpu-smoke': 'ratio'}.get(cfg, 'triplet')
-    if best['gate'] == 'single': assert best['top'] == best['bottom']
+    assert best['rule'] == {'siim-34th-place.cpu-smoke': 'single', 'siim-42nd-place.cpu-smoke': 'ratio'}.get(cfg, 'triplet')
+    if best['rule'] == 'single': assert {'threshold', 'area'} <= set(best)
     assert 0 <= best['dice'] <= 1 and best['n_images'] == (pd.read_csv(data/'folds.csv').fold == 0).sum()
     s = pd.read_csv(sub)
     assert sorted(s.ImageId) == sorted(pd.read_csv(data/'mini'/'sample_submission.csv').ImageId)
