@@ -34,7 +34,7 @@ from .rle import group_labels, masks_from_rles, read_labels
 # %% auto #0
 __all__ = ['AUG_PRESETS', 'SIIM_CODES', 'get_augs', 'AlbumentationsTransform', 'pos_frac_at', 'epoch_length', 'sample_pos_frac',
            'PosFracDL', 'ShardedDL', 'SIIMMask', 'PILSIIMMask', 'GreyToRGB', 'siim_datablock', 'siim_dataloaders',
-           'dicom_dataloaders', 'set_dls']
+           'dicom_dataloaders', 'set_dls', 'slice_datablock', 'slice_dataloaders']
 
 # %% ../nbs/06_data.ipynb #f7c618f2
 _REFLECT = cv2.BORDER_REFLECT_101  # the 1st place's `border_mode=4`
@@ -359,3 +359,70 @@ def set_dls(learn: Learner, # a `Learner` to move to new images
     learn.dls = dls
     if dls.device is not None: learn.model.to(dls.device)
     return learn
+
+# %% ../nbs/06_data.ipynb #a59d3c8c
+from fastai.data.transforms import ColReader, ColSplitter
+from fastai.vision.data import MaskBlock
+
+def _check_pos_int(name: str, v, lo: int = 1) -> int:
+    "`v` if it is an int ≥ `lo`, else a `ValueError` naming the argument."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"`{name}` must be an int ≥ {lo}, got {v!r}")
+    return int(v)
+
+def _check_codes(codes: Sequence[str], # class names, background first
+                ) -> list[str]:
+    "`codes` as a list of 2 to 256 names (label maps are uint8 PNGs), or a `ValueError`."
+    if isinstance(codes, str) or not isinstance(codes, Sequence) or not 2 <= len(codes) <= 256:
+        raise ValueError(f"`codes` must be a list of 2 to 256 class names (background first), got {codes!r}")
+    return [str(c) for c in codes]
+
+def slice_datablock(codes: Sequence[str], # class names, background first
+                    size: int, # side of the training slices (augmentations end with a resize to it)
+                    aug: str = 'none', # a key of `AUG_PRESETS` (training only)
+                    seed: int | None = None, # seed of the augmentations
+                   ) -> DataBlock:
+    "Slice-manifest rows → (3-channel normalised image, `TensorMask` of class indices); the `is_valid` rows validate."
+    return DataBlock(blocks=(ImageBlock(PILImageBW), MaskBlock(_check_codes(codes))), get_x=ColReader('image'),
+                     get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
+                     item_tfms=[AlbumentationsTransform(get_augs(aug, size, seed))],
+                     batch_tfms=[GreyToRGB(), Normalize.from_stats(*imagenet_stats)])
+
+# %% ../nbs/06_data.ipynb #8c73b161
+def _check_slice_folds(slices: pd.DataFrame, fold: int) -> pd.DataFrame:
+    "`slices` with a fresh index, after checking its columns, `fold`, and that no case is in two folds."
+    missing = {'image', 'label', 'case', 'fold'} - set(getattr(slices, 'columns', []))
+    if missing: raise ValueError(f"`slices` needs columns image, label, case and fold; missing {sorted(missing)}")
+    if fold not in set(slices.fold): raise ValueError(f"fold {fold!r} is not in `slices` (folds: {sorted(set(slices.fold))})")
+    if (slices.fold == fold).all(): raise ValueError(f"fold {fold!r} holds every slice: nothing left to train on")
+    n = slices.groupby('case').fold.nunique()
+    if (n > 1).any(): raise ValueError(f"cases {n.index[n > 1].tolist()[:5]} have slices in several folds: split by case")
+    return slices.reset_index(drop=True)
+
+def _cached_side(slices: pd.DataFrame) -> int:
+    "The side of the cached (square) slices, read from the first image."
+    a = cv2.imread(str(slices.image.iloc[0]), cv2.IMREAD_GRAYSCALE)
+    if a is None: raise FileNotFoundError(f"Cannot read the cached slice {slices.image.iloc[0]}")
+    if a.shape[0] != a.shape[1]: raise ValueError(f"cached slices are {a.shape}, not square: pass `size`")
+    return a.shape[0]
+
+# %% ../nbs/06_data.ipynb #1f38b4fb
+def slice_dataloaders(slices: pd.DataFrame, # slice manifest: image, label (cached PNG paths), case and fold columns
+                      codes: Sequence[str], # class names, background first
+                      fold: int, # validation fold; the others train
+                      bs: int = 16, # batch size
+                      size: int | None = None, # training side (default: the cached slices' side)
+                      aug: str = 'none', # training augmentations, a key of `AUG_PRESETS`
+                      seed: int | None = 0, # seeds the augmentations and the shuffling
+                      n_workers: int | None = 0, # loader processes (None: as `siim_dataloaders` chooses)
+                      device: str | torch.device | None = None, # where batches go (default `get_device()`)
+                      **kwargs, # passed to `DataBlock.dataloaders`
+                     ) -> DataLoaders:
+    "fastai `DataLoaders` of slices: training on the cases outside fold `fold`, validation on the cases in it."
+    slices, bs, device = _check_slice_folds(slices, fold), _check_pos_int('bs', bs), get_device(device)
+    size = _cached_side(slices) if size is None else _check_pos_int('size', size, 8)
+    items = slices.assign(is_valid=slices.fold == fold)
+    dls = slice_datablock(codes, size, aug, seed).dataloaders(items, bs=bs, device=device, num_workers=_loader_workers(n_workers, device),
+                                                             pin_memory=device.type == 'cuda', **kwargs)
+    dls.train.rng = random.Random(seed)
+    return dls

@@ -65,26 +65,24 @@ def get_tta(name: str, # a key of `TTAS`
     return TTAS[name]
 
 # %% ../nbs/11_inference.ipynb #75465dd5
-def _check_models(models: Sequence[nn.Module]) -> list[nn.Module]:
-    "A non-empty list of torch modules."
-    if isinstance(models, nn.Module): models = [models]
-    models = list(models)
-    if not models: raise ValueError("`models` is empty: pass at least one model (see `load_fold_models`)")
-    bad = [type(m).__name__ for m in models if not isinstance(m, nn.Module)]
-    if bad: raise ValueError(f"`models` must be torch modules, got {bad[:3]}")
-    return models
+from .models import _check_models, mean_probs
+
+def _inverted(p: torch.Tensor, inv: Callable, hw: tuple[int, int]) -> torch.Tensor:
+    "A view's probabilities mapped back onto `hw`: binary maps (N, H, W) go through the inverse as (N, 1, H, W)."
+    return inv(p[:, None], hw)[:, 0] if p.ndim == 3 else inv(p, hw)
 
 @torch.no_grad()
 def tta_probs(models: Sequence[nn.Module], # an ensemble (e.g. folds × checkpoints), on `x`'s device, in eval mode
               x: torch.Tensor, # normalised image batch (N, 3, H, W)
               tta: str = 'hflip', # a key of `TTAS`
+              mode: str = 'binary', # 'binary': sigmoid maps (N, H, W); 'multiclass': softmax maps (N, C, H, W)
              ) -> torch.Tensor:
-    "Mean probability of `models` over the TTA views of `x`, each view inverted before averaging: (N, H, W) float32."
+    "Mean probability of `models` over the TTA views of `x`, each view inverted before averaging; float32."
     views, models = get_tta(tta), _check_models(models)
     if x.ndim != 4: raise ValueError(f"`x` must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
     hw, total = tuple(x.shape[-2:]), None
     for fwd, inv in views:
-        p = inv(mean_probs(models, fwd(x))[:, None], hw)[:, 0]
+        p = _inverted(mean_probs(models, fwd(x), mode), inv, hw)
         total = p if total is None else total + p  # a running sum: one map per view is never held
     return total / len(views)
 

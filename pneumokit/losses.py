@@ -1,4 +1,4 @@
-"""Segmentation losses on one-channel logits: BCE, soft Dice, focal, (symmetric) Lovász hinge and the weighted mixes top SIIM-ACR teams trained with, as typed functions under thin fastai-ready modules, chosen by name from a registry.
+"""Segmentation losses for binary masks (one-channel logits: BCE, soft Dice, focal, (symmetric) Lovász hinge and the weighted mixes top SIIM-ACR teams trained with) and for many labels (softmax cross-entropy and multi-class Dice), as typed functions under thin fastai-ready modules, chosen by name and mode from a registry.
 
 Docs: https://pneumokit.github.io/pneumokit/losses.html.md"""
 
@@ -7,6 +7,7 @@ Docs: https://pneumokit.github.io/pneumokit/losses.html.md"""
 # %% ../nbs/07_losses.ipynb #64805ebb
 from __future__ import annotations
 from collections.abc import Mapping
+from functools import partial
 
 import segmentation_models_pytorch as smp
 import torch
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['LOSSES', 'bce_loss', 'soft_dice_loss', 'focal_loss', 'lovasz_hinge_loss', 'weighted_bce_loss', 'SegLoss', 'BCELoss',
-           'WeightedBCELoss', 'DiceLoss', 'FocalLoss', 'LovaszLoss', 'SymmetricLovaszLoss', 'ComboLoss',
-           'WeightedBCEDiceLoss', 'get_loss']
+__all__ = ['MODES', 'LOSSES', 'MULTICLASS_LOSSES', 'bce_loss', 'soft_dice_loss', 'focal_loss', 'lovasz_hinge_loss',
+           'weighted_bce_loss', 'SegLoss', 'BCELoss', 'WeightedBCELoss', 'DiceLoss', 'FocalLoss', 'LovaszLoss',
+           'SymmetricLovaszLoss', 'ComboLoss', 'WeightedBCEDiceLoss', 'check_mode', 'activate', 'multiclass_dice_loss',
+           'ce_dice_loss', 'CEDiceLoss', 'get_loss']
 
 # %% ../nbs/07_losses.ipynb #040b3c1f
 def _plain(x: Tensor) -> Tensor:
@@ -215,12 +217,110 @@ class WeightedBCEDiceLoss(ComboLoss):
                          {'wbce': {'pos_weight': pos_weight, 'neg_weight': neg_weight},
                           'dice': {'per_image': per_image, 'smooth': smooth}})
 
+# %% ../nbs/07_losses.ipynb #3ed771c8
+MODES = ('binary', 'multiclass')  # smp's BINARY_MODE and MULTICLASS_MODE
+
+def check_mode(mode: str, # one of `MODES`
+              ) -> str:
+    "`mode` if it is one of `MODES`, else a `ValueError` listing them."
+    if not isinstance(mode, str) or mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    return mode
+
+# %% ../nbs/07_losses.ipynb #d22bbc45
+def _sigmoid_map(logits: Tensor) -> Tensor:
+    "Sigmoid probabilities N×H×W of one-channel logits N×1×H×W (or N×H×W)."
+    p = torch.sigmoid(logits)
+    return p[:, 0] if p.ndim == 4 else p
+
+def _softmax_map(logits: Tensor) -> Tensor:
+    "Softmax probabilities over the class channel of logits N×C×H×W."
+    if logits.ndim != 4: raise ValueError(f"multiclass logits must be N×C×H×W, got shape {tuple(logits.shape)}")
+    return torch.softmax(logits, 1)
+
+_ACTIVATIONS = {'binary': _sigmoid_map, 'multiclass': _softmax_map}
+
+def activate(logits: Tensor, # binary: N×1×H×W (or N×H×W); multiclass: N×C×H×W
+             mode: str = 'binary', # one of `MODES`
+            ) -> Tensor:
+    "Probability maps of `logits`: sigmoid N×H×W ('binary') or softmax over the classes N×C×H×W ('multiclass')."
+    return _ACTIVATIONS[check_mode(mode)](_plain(logits))
+
+# %% ../nbs/07_losses.ipynb #a6b327d5
+def _logits_targs(logits: Tensor, # N×C×H×W float logits
+                  targs: Tensor, # N×H×W (or N×1×H×W) class indices
+                 ) -> tuple[Tensor, Tensor]:
+    "Logits and long targets, checked: shapes that agree, target values in 0..C-1."
+    if not (isinstance(logits, Tensor) and isinstance(targs, Tensor)):
+        raise ValueError(f"logits and targets must be tensors, got {type(logits).__name__} and {type(targs).__name__}")
+    x, t = _plain(logits), _plain(targs)
+    if x.ndim != 4 or not x.is_floating_point(): raise ValueError(f"logits must be float N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+    if t.ndim == 4 and t.shape[1] == 1: t = t[:, 0]
+    if t.shape != x.shape[:1] + x.shape[2:]:
+        raise ValueError(f"targets {tuple(targs.shape)} must be N×H×W to match logits {tuple(logits.shape)}")
+    t = t.long()
+    if t.numel() and (t.min() < 0 or t.max() >= x.shape[1]):
+        raise ValueError(f"target values must be class indices 0..{x.shape[1] - 1}, got {int(t.min())}..{int(t.max())}")
+    return x, t
+
+# %% ../nbs/07_losses.ipynb #87c7b2fe
+def multiclass_dice_loss(logits: Tensor, # N×C×H×W logits
+                         targs: Tensor, # N×H×W class indices
+                         smooth: float = 1.0, # added to both sides of each class's Dice ratio
+                         include_background: bool = False, # also score class 0
+                        ) -> Tensor:
+    "1 − mean soft Dice of the softmax, per class over the batch, over the classes present in `targs`."
+    _check_nonneg('smooth', smooth)
+    x, t = _logits_targs(logits, targs)
+    p = x.float().softmax(1)
+    oh = F.one_hot(t, x.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    dice = (2 * (p * oh).sum((0, 2, 3)) + smooth) / ((p + oh).sum((0, 2, 3)) + smooth)
+    keep = oh.sum((0, 2, 3)) > 0
+    if not include_background: keep[0] = False
+    return 1 - dice[keep].mean() if keep.any() else p.sum() * 0  # nothing to score: 0, still on the graph
+
+def ce_dice_loss(logits: Tensor, # N×C×H×W logits
+                 targs: Tensor, # N×H×W class indices
+                 ce_weight: float = 1.0, # weight of the softmax cross-entropy
+                 dice_weight: float = 1.0, # weight of `multiclass_dice_loss`
+                 smooth: float = 1.0, # Dice smoothing
+                 include_background: bool = False, # Dice of class 0 too
+                ) -> Tensor:
+    "`ce_weight` × softmax cross-entropy + `dice_weight` × `multiclass_dice_loss`."
+    x, t = _logits_targs(logits, targs)
+    ce = F.cross_entropy(x.float(), t) if ce_weight else x.sum() * 0
+    return ce_weight * ce + (dice_weight * multiclass_dice_loss(x, t, smooth, include_background) if dice_weight else 0)
+
+# %% ../nbs/07_losses.ipynb #b248e0e7
+class CEDiceLoss(SegLoss):
+    "Module form of `ce_dice_loss`, with fastai's `activation` (softmax) and `decodes` (argmax over classes)."
+    def __init__(self, ce_weight: float = 1.0, # weight of the cross-entropy
+                 dice_weight: float = 1.0, # weight of the multi-class soft Dice
+                 smooth: float = 1.0, # Dice smoothing
+                 include_background: bool = False): # Dice of class 0 too
+        super().__init__()
+        for k, v in dict(ce_weight=ce_weight, dice_weight=dice_weight, smooth=smooth).items(): _check_nonneg(k, v)
+        if not ce_weight + dice_weight: raise ValueError("ce_weight and dice_weight are both 0: nothing to learn from")
+        self.ce_weight, self.dice_weight = float(ce_weight), float(dice_weight)
+        self.smooth, self.include_background = smooth, include_background
+
+    def forward(self, logits: Tensor, targs: Tensor) -> Tensor:
+        return ce_dice_loss(logits, targs, self.ce_weight, self.dice_weight, self.smooth, self.include_background)
+    def activation(self, x: Tensor) -> Tensor: return torch.softmax(_plain(x).float(), 1)
+    def decodes(self, x: Tensor) -> Tensor: return _plain(x).argmax(1)
+
 # %% ../nbs/07_losses.ipynb #c878880e
 LOSSES = {**_COMPONENTS, 'combo': ComboLoss, 'bce+dice+weight': WeightedBCEDiceLoss}
+MULTICLASS_LOSSES = {'ce': partial(CEDiceLoss, ce_weight=1., dice_weight=0.), 'dice': partial(CEDiceLoss, ce_weight=0., dice_weight=1.),
+                     'combo': CEDiceLoss}
+_LOSSES_BY_MODE = {'binary': LOSSES, 'multiclass': MULTICLASS_LOSSES}
 
-def get_loss(name: str, # a key of `LOSSES`
+def get_loss(name: str, # a key of `LOSSES` ('binary') or of `MULTICLASS_LOSSES` ('multiclass')
+             mode: str = 'binary', # one of `MODES`
              **kwargs, # passed to the loss class
             ) -> SegLoss:
-    "A new loss module from the `LOSSES` registry."
-    if name not in LOSSES: raise KeyError(f"Unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    return LOSSES[name](**kwargs)
+    "A new loss module `name` of `mode` from its registry."
+    losses = _LOSSES_BY_MODE[check_mode(mode)]
+    if name in losses: return losses[name](**kwargs)
+    if any(name in r for r in _LOSSES_BY_MODE.values()):
+        raise ValueError(f"Loss {name!r} has no {mode} form (mode={mode!r}); valid {mode} names: {', '.join(losses)}")
+    raise KeyError(f"Unknown loss {name!r}; valid names: {', '.join(losses)}")

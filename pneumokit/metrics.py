@@ -1,4 +1,4 @@
-"""The competition's metric, mean per-image Dice with empty/empty = 1, as a vectorised function and as a fastai `Metric` with threshold, minimum area and positive/negative subsets.
+"""The competition's metric, mean per-image Dice with empty/empty = 1, as a vectorised function and as a fastai `Metric` with threshold, minimum area and positive/negative subsets; and, for many labels, per-class tables, 3D Dice and a mean class Dice that score a class only where it is predicted or true.
 
 Docs: https://pneumokit.github.io/pneumokit/metrics.html.md"""
 
@@ -6,14 +6,17 @@ Docs: https://pneumokit.github.io/pneumokit/metrics.html.md"""
 
 # %% ../nbs/08_metrics.ipynb #ce70b76f
 from __future__ import annotations
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from fastai.learner import Metric
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['dice_per_image', 'kaggle_dice', 'KaggleDice']
+__all__ = ['dice_per_image', 'kaggle_dice', 'KaggleDice', 'confusion_counts', 'dice_per_slice', 'slice_dice', 'per_class_scores',
+           'overall_scores', 'volume_dice', 'MeanClassDice']
 
 # %% ../nbs/08_metrics.ipynb #77c64044
 def _as_masks(x, what: str) -> Tensor:
@@ -106,3 +109,123 @@ class KaggleDice(Metric):
 
     @property
     def name(self) -> str: return _SUBSETS[self.subset]
+
+# %% ../nbs/08_metrics.ipynb #97061c6e
+def _check_n_classes(n_classes) -> int:
+    "`n_classes` as an int ≥ 2, else a `ValueError`."
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"`n_classes` must be an int ≥ 2, got {n_classes!r}")
+    return int(n_classes)
+
+def _label_batch(x, what: str) -> np.ndarray:
+    "A label map H×W or batch N×H×W of class indices as int64 N×H×W, or a `ValueError` naming `what`."
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if a.ndim == 2: a = a[None]
+    if a.ndim != 3: raise ValueError(f"{what} must be label maps H×W or N×H×W, got shape {a.shape}")
+    if a.dtype.kind not in 'iub':
+        raise ValueError(f"{what} must hold integer class indices (argmax probabilities first), got {a.dtype}")
+    return a.astype(np.int64)
+
+def confusion_counts(pred, # predicted label maps H×W or N×H×W (numpy or torch)
+                     targ, # true label maps, same shape
+                     n_classes: int, # number of classes C
+                    ) -> np.ndarray:
+    "Per-slice confusion matrices N×C×C: `[n, true class, predicted class]` pixel counts."
+    p, t, C = _label_batch(pred, 'pred'), _label_batch(targ, 'targ'), _check_n_classes(n_classes)
+    if p.shape != t.shape: raise ValueError(f"pred {tuple(np.shape(pred))} and targ {tuple(np.shape(targ))} differ in shape")
+    for a, what in ((p, 'pred'), (t, 'targ')):
+        if a.size and (a.min() < 0 or a.max() >= C): raise ValueError(f"{what} values must be in 0..{C - 1}, got {a.min()}..{a.max()}")
+    n = len(p)
+    idx = np.arange(n)[:, None] * C * C + t.reshape(n, -1) * C + p.reshape(n, -1)
+    return np.bincount(idx.ravel(), minlength=n * C * C).reshape(n, C, C)
+
+def _tp_fp_fn(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "True-positive, false-positive and false-negative pixels (N×C) of confusion matrices N×C×C."
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    return tp, conf.sum(1) - tp, conf.sum(2) - tp
+
+# %% ../nbs/08_metrics.ipynb #3006b329
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    "`num / den`, `nan` where `den` is 0."
+    with np.errstate(divide='ignore', invalid='ignore'): return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    "Mean over `axis` ignoring `nan`, `nan` where everything is (without numpy's warning)."
+    ok = ~np.isnan(x)
+    return _ratio(np.where(ok, x, 0).sum(axis), ok.sum(axis))
+
+def dice_per_slice(pred, # predicted label maps H×W or N×H×W
+                   targ, # true label maps, same shape
+                   n_classes: int, # number of classes C
+                  ) -> np.ndarray:
+    "Dice of every class in every slice (N×C), `nan` where the class is in neither prediction nor truth."
+    tp, fp, fn = _tp_fp_fn(confusion_counts(pred, targ, n_classes))
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+def slice_dice(pred, # predicted label maps H×W or N×H×W
+               targ, # true label maps, same shape
+               n_classes: int, # number of classes C
+               include_background: bool = False, # also average class 0
+              ) -> np.ndarray:
+    "Each slice's mean Dice over its scored classes (in prediction or truth), `nan` for a slice with none (N,)."
+    return _nanmean(dice_per_slice(pred, targ, n_classes)[:, 0 if include_background else 1:], 1)
+
+# %% ../nbs/08_metrics.ipynb #2b39c230
+def _class_index(n_classes: int, codes: Sequence[str] | None) -> pd.Index:
+    if codes is None: return pd.RangeIndex(n_classes, name='class')
+    if len(codes) != n_classes: raise ValueError(f"`codes` has {len(codes)} names for {n_classes} classes")
+    return pd.Index(list(codes), name='class')
+
+def per_class_scores(pred, # predicted label maps H×W or N×H×W (numpy or torch)
+                     targ, # true label maps, same shape
+                     n_classes: int, # number of classes C
+                     codes: Sequence[str] | None = None, # class names for the index (default 0..C-1)
+                    ) -> pd.DataFrame:
+    "Per class: Dice and IoU averaged over the slices where it is predicted or true, pixel accuracy, FP/FN counts."
+    tp, fp, fn = _tp_fp_fn(confusion_counts(pred, targ, n_classes))
+    pred_any, true_any = tp + fp > 0, tp + fn > 0
+    return pd.DataFrame(dict(dice=_nanmean(_ratio(2 * tp, 2 * tp + fp + fn), 0), iou=_nanmean(_ratio(tp, tp + fp + fn), 0),
+                             pixel_acc=_ratio(tp.sum(0), (tp + fn).sum(0)), tp=tp.sum(0), fp=fp.sum(0), fn=fn.sum(0),
+                             fp_slices=(pred_any & ~true_any).sum(0), fn_slices=(true_any & ~pred_any).sum(0),
+                             n_slices=(pred_any | true_any).sum(0)), index=_class_index(n_classes, codes))
+
+def overall_scores(table: pd.DataFrame, # `per_class_scores` output
+                   include_background: bool = False, # also average class 0 (its Dice is ~1 and hides the rest)
+                  ) -> pd.Series:
+    "Mean class Dice and IoU (classes never scored left out), pixel accuracy, mean class accuracy, FP and FN pixels."
+    fg = table.iloc[0 if include_background else 1:]
+    return pd.Series(dict(mean_dice=fg.dice.mean(), mean_iou=fg.iou.mean(), pixel_acc=table.tp.sum() / (table.tp + table.fn).sum(),
+                          mean_class_acc=fg.pixel_acc.mean(), fp=int(fg.fp.sum()), fn=int(fg.fn.sum())))
+
+# %% ../nbs/08_metrics.ipynb #52088ded
+def volume_dice(pred, # predicted label volume (any number of dimensions)
+                targ, # true label volume, same shape
+                n_classes: int, # number of classes C
+                codes: Sequence[str] | None = None, # class names for the index
+               ) -> pd.Series:
+    "3D Dice of each class between two label volumes, `nan` where the class is in neither."
+    p, t = np.asarray(pred), np.asarray(targ)
+    if p.shape != t.shape: raise ValueError(f"pred {p.shape} and targ {t.shape} differ in shape")
+    return pd.Series(dice_per_slice(p.reshape(1, 1, -1), t.reshape(1, 1, -1), n_classes)[0], index=_class_index(n_classes, codes))
+
+# %% ../nbs/08_metrics.ipynb #a661fbb7
+class MeanClassDice(Metric):
+    "fastai metric: each class's Dice averaged over the slices where it is predicted or true, then over the classes."
+    def __init__(self, n_classes: int, # number of classes C (the model's output channels)
+                 include_background: bool = False): # also average class 0
+        self.n_classes, self.start = _check_n_classes(n_classes), 0 if include_background else 1
+        self.reset()
+
+    def reset(self): self.sums, self.counts = np.zeros(self.n_classes), np.zeros(self.n_classes)
+
+    def accumulate(self, learn):
+        d = dice_per_slice(learn.pred.as_subclass(Tensor).argmax(1), learn.y, self.n_classes)
+        self.sums += np.nan_to_num(d).sum(0); self.counts += (~np.isnan(d)).sum(0)
+
+    @property
+    def value(self) -> float:
+        per = _ratio(self.sums, self.counts)[self.start:]
+        return float(np.nanmean(per)) if (~np.isnan(per)).any() else float('nan')
+
+    @property
+    def name(self) -> str: return 'mean_class_dice'

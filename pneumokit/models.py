@@ -1,4 +1,4 @@
-"""segmentation-models-pytorch architectures and encoders built offline, pretrained weights from local files only, an optional image-level head, and fastai learners whose encoder (and its BatchNorm) can be frozen.
+"""segmentation-models-pytorch architectures and encoders built offline, pretrained weights from local files only, an optional image-level head, fastai learners whose encoder (and its BatchNorm) can be frozen, and the mean binary or multi-class probabilities of an ensemble.
 
 Docs: https://pneumokit.github.io/pneumokit/models.html.md"""
 
@@ -26,10 +26,12 @@ from safetensors.torch import load_file as load_safetensors
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
 from torch import nn
 
+from .losses import activate, check_mode
+
 # %% auto #0
 __all__ = ['ARCHS', 'AUX_PARAMS', 'get_arch', 'encoder_names', 'check_encoder', 'read_checkpoint', 'unwrap_state_dict',
            'match_keys', 'LoadReport', 'load_weights', 'build_model', 'AuxHeadLoss', 'SegOnly', 'model_splitter',
-           'seg_learner', 'count_params', 'param_table']
+           'seg_learner', 'mean_probs', 'count_params', 'param_table']
 
 # %% ../nbs/09_models.ipynb #57452332
 ARCHS: dict[str, type[nn.Module]] = {c.__name__: c for c in smp.MODEL_ARCHITECTURES_MAPPING.values()}
@@ -322,6 +324,27 @@ def seg_learner(dls: DataLoaders, # fastai DataLoaders yielding (image batch, ma
                     train_bn=not freeze_bn, cbs=cbs, **kwargs)
     if freeze: learn.freeze()
     return learn
+
+# %% ../nbs/09_models.ipynb #537c205c
+def _check_models(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    "A non-empty list of torch modules (a single module is an ensemble of one)."
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    if not models: raise ValueError("`models` is empty: pass at least one model")
+    bad = [type(m).__name__ for m in models if not isinstance(m, nn.Module)]
+    if bad: raise ValueError(f"`models` must be torch modules, got {bad[:3]}")
+    return models
+
+def _logits(out): return out[0] if isinstance(out, (tuple, list)) else out  # aux-head models return (mask, label)
+
+@torch.no_grad()
+def mean_probs(models: nn.Module | Sequence[nn.Module], # a model or an ensemble, on `x`'s device, in eval mode
+               x: torch.Tensor, # normalised image batch (N, 3, H, W)
+               mode: str = 'binary', # 'binary' (sigmoid) or 'multiclass' (softmax), see `pneumokit.losses.MODES`
+              ) -> torch.Tensor:
+    "Mean activation of `models` on `x`: sigmoid (N, H, W) or softmax (N, C, H, W), float32."
+    models, mode = _check_models(models), check_mode(mode)
+    with torch.autocast(x.device.type, enabled=x.device.type == 'cuda'):
+        return sum(activate(_logits(m(x)).float(), mode) for m in models) / len(models)
 
 # %% ../nbs/09_models.ipynb #6358a693
 def count_params(model: nn.Module, # an smp model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,16 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .core import (atomic_write, check_bool, check_choice, check_float, check_int, check_prob, get_device,
                             seed_everything, write_bytes_atomic)
-from .data import AUG_PRESETS, ShardedDL, set_dls, siim_dataloaders
+from .data import AUG_PRESETS, ShardedDL, set_dls, siim_dataloaders, slice_dataloaders
 from .ddp import barrier, from_rank0, is_main, rank, world_size
-from .layout import CacheDir, FoldDir, RunDir
-from .losses import LOSSES, get_loss
-from .metrics import KaggleDice, dice_per_image
-from .models import AuxHeadLoss, build_model, seg_learner
+from .layout import CacheDir, FoldDir, RunDir, SliceCacheDir
+from .losses import LOSSES, MODES, MULTICLASS_LOSSES, get_loss
+from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
+from .models import AuxHeadLoss, build_model, mean_probs, seg_learner
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'train_fold',
-           'load_checkpoints', 'mean_probs', 'write_oof', 'train_kfold']
+__all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'TASKS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'Task',
+           'train_fold', 'load_checkpoints', 'write_oof', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #2b4253eb
 @dataclass
@@ -75,7 +75,8 @@ def _check_stage(s: Stage):
     for f in ('size', 'epochs', 'bs', 'accum'): check_int(f, getattr(s, f))
     _check_lr(s.lr); _check_pos_frac(s.pos_frac)
     check_bool('frozen', s.frozen); check_bool('positives_only', s.positives_only)
-    check_choice('loss', s.loss, LOSSES); check_choice('aug', s.aug, AUG_PRESETS); check_choice('sched', s.sched, _SCHEDS)
+    check_choice('loss', s.loss, {**LOSSES, **MULTICLASS_LOSSES}); check_choice('aug', s.aug, AUG_PRESETS)
+    check_choice('sched', s.sched, _SCHEDS)
     if not isinstance(s.loss_kwargs, dict): raise ValueError(f"`loss_kwargs` must be a mapping, got {s.loss_kwargs!r}")
     if s.wd is not None: check_float('wd', s.wd, 0)
 
@@ -86,6 +87,8 @@ OPTIMIZERS = dict(adam=Adam, radam=RAdam, sgd=SGD, ranger=ranger)  # fastai opti
 class Recipe:
     "A model and the stages that train it."
     stages: list[Stage]  # the training phases, in order
+    mode: str = 'binary'  # 'binary' (one mask, sigmoid) or 'multiclass' (label maps, softmax): see `pneumokit.losses.MODES`
+    classes: int = 1  # output channels: 1 for a binary mask, the number of codes (background included) for label maps
     arch: str = 'Unet'  # smp architecture
     encoder: str = 'resnet34'  # smp encoder
     weights: str | None = None  # local encoder weights file (never a hub download)
@@ -122,8 +125,8 @@ class Recipe:
         return cls(stages=d.get('stages') or [], **kw)
 
 RECIPE_SECTIONS = dict(  # config section -> {config key: `Recipe` field}: the one map between the YAML and the recipe
-    model=dict(arch='arch', encoder='encoder', weights='weights', opt='opt', kwargs='model_kwargs', freeze_bn='freeze_bn',
-               aux_weight='aux_weight'),
+    model=dict(mode='mode', classes='classes', arch='arch', encoder='encoder', weights='weights', opt='opt', kwargs='model_kwargs',
+               freeze_bn='freeze_bn', aux_weight='aux_weight'),
     train=dict(top_k='top_k', threshold='threshold', min_area='min_area', clip='clip', seed='seed', deterministic='deterministic'))
 
 def _stage(s, i: int) -> Stage:
@@ -131,8 +134,20 @@ def _stage(s, i: int) -> Stage:
     try: return s if isinstance(s, Stage) else Stage(**s)
     except (ValueError, TypeError) as e: raise ValueError(f"stage {i}: {e}") from None
 
+def _check_mode(r: Recipe):
+    "Stages and output channels that make sense for the recipe's mode."
+    check_choice('mode', r.mode, MODES); check_int('classes', r.classes)
+    if (r.mode == 'binary') != (r.classes == 1): raise ValueError(f"`classes` is {r.classes} with mode {r.mode!r}: binary "
+                                                                  "masks have 1 output channel, label maps 2 or more")
+    for i, s in enumerate(r.stages):
+        try: get_loss(s.loss, mode=r.mode)
+        except (KeyError, ValueError) as e: raise ValueError(f"stage {i}: {e}") from None
+        if r.mode != 'binary' and (s.pos_frac is not None or s.positives_only):
+            raise ValueError(f"stage {i}: pos_frac and positives_only sample images with a mask; {r.mode} label maps have no such sampler")
+
 def _check_recipe(r: Recipe):
     "The recipe's own fields (the stages check themselves)."
+    _check_mode(r)
     check_int('top_k', r.top_k); check_prob('threshold', r.threshold); check_int('min_area', r.min_area, 0)
     check_choice('opt', r.opt, OPTIMIZERS); check_float('aux_weight', r.aux_weight, 0); check_int('seed', r.seed, 0)
     check_bool('freeze_bn', r.freeze_bn); check_bool('deterministic', r.deterministic)
@@ -227,20 +242,57 @@ class FoldCheckpoint(Callback):
             self.writer.flush()
 
 # %% ../nbs/10_train.ipynb #d1a486f5
-def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, rank: int = 0):
-    "DataLoaders for one stage (positives-only stages keep the full validation fold)."
+def _siim_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, seed: int):
+    "Binary masks from the PNG cache (positives-only stages keep the full validation fold)."
     f = folds[(folds.fold == fold) | folds.has_mask] if st.positives_only else folds
+    return siim_dataloaders(cache, st.size, f, fold, bs=st.bs, aug=st.aug, pos_frac=st.pos_frac, n_workers=n_workers,
+                            seed=seed, device=device)
+
+def _slice_codes(cache, recipe: Recipe) -> list[str]:
+    "The class names of a slice cache, checked against the recipe's output channels."
+    codes = SliceCacheDir(cache).read()[1]['codes']
+    if len(codes) != recipe.classes: raise ValueError(f"{cache} holds {len(codes)} classes but the recipe's `classes` is {recipe.classes}")
+    return codes
+
+def _slice_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, seed: int):
+    "Label maps from a slice cache (`pneumokit.volumes.slice_volumes`); `folds` is its manifest with a fold per case."
+    return slice_dataloaders(folds, _slice_codes(cache, recipe), fold, bs=st.bs, size=st.size, aug=st.aug, seed=seed,
+                             n_workers=n_workers, device=device)
+
+def _binary_scores(p: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> np.ndarray:
+    return dice_per_image((p > recipe.threshold).cpu().numpy(), y.cpu().numpy())
+
+def _label_scores(p: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> np.ndarray:
+    return slice_dice(p.argmax(1).cpu().numpy(), y.cpu().numpy(), recipe.classes)
+
+@dataclass(frozen=True)
+class Task:
+    "What a fold trainer must know about one kind of target: its data, metrics, ranking metric and saved maps."
+    dls: Callable  # (recipe, stage, cache, folds, fold, n_workers, device, seed) -> DataLoaders
+    metrics: Callable  # recipe -> fastai metrics
+    monitor: str  # the metric that ranks checkpoints
+    to_maps: Callable  # mean activation -> what the out-of-fold maps store, uint8 N×H×W
+    scores: Callable  # (mean activation, targets, recipe) -> one score per image
+
+TASKS = {  # by `Recipe.mode`
+    'binary': Task(_siim_dls, lambda r: [KaggleDice(r.threshold, r.min_area, subset=s) for s in ('all', 'pos', 'neg')],
+                   'kaggle_dice', lambda p: (p * 255).round().byte(), _binary_scores),
+    'multiclass': Task(_slice_dls, lambda r: [MeanClassDice(r.classes)], 'mean_class_dice',
+                       lambda p: p.argmax(1).byte(), _label_scores)}
+
+def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, rank: int = 0):
+    "DataLoaders for one stage of the recipe's task."
     # each DDP rank augments its shard with its own seed; the epoch's sample is rank 0's (broadcast by `ShardedDL`)
-    return siim_dataloaders(cache, st.size, f, fold, bs=st.bs, aug=st.aug, pos_frac=st.pos_frac,
-                            n_workers=n_workers, seed=recipe.seed + rank, device=device)
+    return TASKS[recipe.mode].dls(recipe, st, cache, folds, fold, n_workers, device, recipe.seed + rank)
 
 def _stage_loss(recipe: Recipe, st: Stage, model: torch.nn.Module):
     "The stage's loss; for a model with an image-level head, inside `AuxHeadLoss` (the head learns 'any mask?')."
-    loss = get_loss(st.loss, **st.loss_kwargs)
+    loss = get_loss(st.loss, mode=recipe.mode, **st.loss_kwargs)
     return AuxHeadLoss(loss, recipe.aux_weight) if getattr(model, 'classification_head', None) is not None else loss
 
-def _metrics(recipe: Recipe) -> list:
-    return [KaggleDice(recipe.threshold, recipe.min_area, subset=s) for s in ('all', 'pos', 'neg')]
+def _metrics(recipe: Recipe) -> list: return TASKS[recipe.mode].metrics(recipe)
+
+def _model_kwargs(recipe: Recipe) -> dict: return {**recipe.model_kwargs, 'classes': recipe.classes}
 
 class _DDPTrainer(DistributedTrainer):
     "fastai's DDP callback (through accelerate), sharding with `ShardedDL` (gloo on CPU, NCCL on GPU)."
@@ -255,7 +307,7 @@ def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path,
              compile: bool | str = False) -> Learner:
     "The fold's Learner; on CUDA with mixed precision and channels-last memory; compiled and under DDP as asked."
     learn = seg_learner(dls, recipe.arch, recipe.encoder, recipe.weights, metrics=_metrics(recipe),
-                        freeze_bn=recipe.freeze_bn, freeze=False, model_kwargs=recipe.model_kwargs,
+                        freeze_bn=recipe.freeze_bn, freeze=False, model_kwargs=_model_kwargs(recipe),
                         opt_func=OPTIMIZERS[recipe.opt], path=folder, model_dir='.')
     learn.loss_func = _stage_loss(recipe, st, learn.model)
     if device.type == 'cuda': learn.add_cbs([ChannelsLast(), MixedPrecision()])
@@ -342,7 +394,8 @@ def train_fold(recipe: Recipe, # model and stages
         else: set_dls(learn, dls)
         _prepare_stage(recipe, learn, st)
         if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
-        _fit_stage(learn, st, start, [FoldCheckpoint(run, i, st.epochs, start, writer=writer), *cbs], recipe.clip)
+        ckpt = FoldCheckpoint(run, i, st.epochs, start, monitor=TASKS[recipe.mode].monitor, writer=writer)
+        _fit_stage(learn, st, start, [ckpt, *cbs], recipe.clip)
     if writer is not None: writer.close()
     return from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if folder.main else None)
 
@@ -355,53 +408,47 @@ def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained w
     device = get_device(device)
     models = []
     for f in files:
-        m = build_model(recipe.arch, recipe.encoder, None, **recipe.model_kwargs)
+        m = build_model(recipe.arch, recipe.encoder, None, **_model_kwargs(recipe))
         m.load_state_dict(torch.load(f, map_location='cpu', weights_only=True))
         models.append(m.to(device).eval())
     return models
 
-def _logits(out): return out[0] if isinstance(out, (tuple, list)) else out  # aux-head models return (mask, label)
-
-@torch.no_grad()
-def mean_probs(models: Sequence[torch.nn.Module], # models to average
-               x: torch.Tensor, # normalised image batch (N, 3, H, W)
-              ) -> torch.Tensor:
-    "Mean sigmoid probability of `models` on `x`, (N, H, W) float32."
-    with torch.autocast(x.device.type, enabled=x.device.type == 'cuda'):
-        p = sum(torch.sigmoid(_logits(m(x)).float()) for m in models) / len(models)
-    return p[:, 0] if p.ndim == 4 else p
-
 # %% ../nbs/10_train.ipynb #c4476fdd
+@torch.no_grad()
 def write_oof(models: Sequence[torch.nn.Module], # checkpoints' models (see `load_checkpoints`)
-              dl, # validation DataLoader yielding (image, mask) batches in a fixed order
+              dl, # validation DataLoader yielding (image, target) batches in a fixed order
               dest: str | Path, # `.npy` file for the (N, H, W) uint8 maps, written atomically
-              threshold: float = 0.5, # probability threshold for the recorded per-image Dice
+              recipe: Recipe, # its mode decides the maps (binary: probability × 255; multiclass: label maps) and the score
              ) -> np.ndarray:
-    "Stream the models' mean probability maps for `dl` into a uint8 memmap; returns per-image Dice at `threshold`."
-    dest = Path(dest)
+    "Stream the models' mean maps for `dl` into a uint8 memmap; returns each image's Dice (`recipe.threshold` for masks)."
+    dest, task = Path(dest), TASKS[recipe.mode]
     n, (h, w) = len(dl.dataset), dl.one_batch()[1].shape[-2:]
     tmp = dest.with_name(f'.{dest.name}.tmp')
     maps, scores, i = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n, h, w)), [], 0
     for x, y in progress_bar(dl, leave=False):
-        p = mean_probs(models, x)
-        maps[i:i + len(p)] = (p * 255).round().byte().cpu().numpy()
-        scores.append(dice_per_image((p > threshold).cpu().numpy(), y.cpu().numpy()))
+        p = mean_probs(models, x, recipe.mode)
+        maps[i:i + len(p)] = task.to_maps(p).cpu().numpy()
+        scores.append(task.scores(p, y, recipe))
         i += len(p)
     maps.flush(); del maps
     tmp.replace(dest)
     return np.concatenate(scores)
 
 # %% ../nbs/10_train.ipynb #5ddc29fe
+def _item_ids(dl) -> list[str]:
+    "The ids of a loader's items, in order: ImageIds, or the `ImageId` column of a slice manifest."
+    return list(dl.items.ImageId) if isinstance(dl.items, pd.DataFrame) else list(dl.items)
+
 def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold: int, folder: FoldDir,
                  device: torch.device) -> dict:
     "Out-of-fold maps from the top-k checkpoints at the last stage's size, and the fold summary."
     st = recipe.stages[-1]
     dl = _stage_dls(recipe, st, cache, folds, fold, 0, device).valid
-    scores = write_oof(load_checkpoints(recipe, run.best_files(), device), dl, folder.oof_maps, recipe.threshold)
-    ids = pd.DataFrame(dict(ImageId=list(dl.items))).merge(folds[['ImageId', 'has_mask']], on='ImageId', how='left')
+    scores = write_oof(load_checkpoints(recipe, run.best_files(), device), dl, folder.oof_maps, recipe)
+    ids = pd.DataFrame(dict(ImageId=_item_ids(dl))).merge(folds[['ImageId', 'has_mask']], on='ImageId', how='left')
     folder.write_csv(folder.oof_ids, ids.assign(dice=scores))
     top = run.state['topk']
-    res = dict(fold=fold, best_score=top[0]['score'], oof_dice=float(scores.mean()), size=st.size, n_valid=len(ids),
+    res = dict(fold=fold, best_score=top[0]['score'], oof_dice=float(np.nanmean(scores)), size=st.size, n_valid=len(ids),
                checkpoints=[r['file'] for r in top], oof=str(folder.oof_maps))
     folder.write_json(folder.summary, res)  # last: a fold with a summary has finished
     return res

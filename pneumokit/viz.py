@@ -22,7 +22,7 @@ from .postprocess import apply_triplet
 
 # %% auto #0
 __all__ = ['PALETTE', 'WORST_KINDS', 'overlay_rgb', 'plot_overlays', 'worst_images', 'gallery', 'plot_history', 'explorer_state',
-           'ThresholdExplorer']
+           'ThresholdExplorer', 'label_palette', 'label_overlay', 'show_slices']
 
 # %% ../nbs/14_viz.ipynb #e32e9099
 PALETTE = {'tp': (0, 200, 0), 'fp': (230, 30, 30), 'fn': (30, 110, 255)}  # RGB of true-positive, false-positive, missed pixels
@@ -290,3 +290,69 @@ def render(self: ThresholdExplorer) -> bytes:
 
 @patch
 def _repr_mimebundle_(self: ThresholdExplorer, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
+
+# %% ../nbs/14_viz.ipynb #42e21469
+from matplotlib import colormaps
+
+from .metrics import _check_n_classes
+
+def label_palette(n_classes: int, # number of classes, background first (colours repeat after 20)
+                 ) -> np.ndarray:
+    "RGB uint8 colours (n_classes×3): background black, then tab20's dark shades, then its light ones."
+    tab = np.array(colormaps['tab20'].colors)
+    base = np.concatenate([tab[0::2], tab[1::2]])
+    cols = np.round(base[np.arange(_check_n_classes(n_classes) - 1) % 20] * 255).astype(np.uint8)
+    return np.vstack([np.zeros((1, 3), np.uint8), cols])
+
+def label_overlay(image: np.ndarray, # grey uint8 slice H×W
+                  labels: np.ndarray, # class indices H×W
+                  n_classes: int | None = None, # number of classes (default: the largest label + 1, at least 2)
+                  alpha: float = 0.6, # weight of the class colour over the grey value
+                 ) -> np.ndarray:
+    "An RGB uint8 (H, W, 3) slice: `(1-alpha)*grey + alpha*colour` where a class is labelled, grey on the background."
+    img, lab = np.asarray(image), np.asarray(labels)
+    if img.ndim != 2 or img.dtype != np.uint8 or lab.shape != img.shape:
+        raise ValueError(f"image must be grey uint8 H×W and labels of its shape, got {img.dtype} {img.shape} and {lab.shape}")
+    if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    n = max(2, int(lab.max()) + 1 if lab.size else 0) if n_classes is None else n_classes
+    if lab.size and (lab.min() < 0 or lab.max() >= n): raise ValueError(f"labels must be in 0..{n - 1}, got {lab.min()}..{lab.max()}")
+    rgb, fg = np.repeat(img[..., None], 3, -1).astype(np.float32), lab > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * label_palette(n)[lab[fg]]
+    return np.round(rgb).astype(np.uint8)
+
+# %% ../nbs/14_viz.ipynb #bd87e354
+def _code_legend(fig: Figure, present: Sequence[int], codes: Sequence[str]):
+    "A legend of the classes in `present`, below the panels."
+    pal = label_palette(len(codes)) / 255
+    fig.legend(handles=[Patch(color=pal[i], label=codes[i]) for i in present], loc='outside lower center',
+               ncols=min(10, max(1, len(present))), fontsize=6, frameon=False)
+
+def _class_names(codes: Sequence[str] | None, labels: np.ndarray) -> list[str]:
+    "`codes`, or the class numbers up to the largest label (at least two), checked to cover `labels`."
+    top = int(labels.max()) if labels.size else 0
+    names = [str(i) for i in range(max(2, top + 1))] if codes is None else [str(c) for c in codes]
+    if top >= len(names): raise ValueError(f"labels go up to {top} but `codes` names {len(names)} classes")
+    return names
+
+def show_slices(images, # grey uint8 slices N×H×W
+                truths, # true label maps N×H×W
+                preds=None, # predicted label maps N×H×W (a second row)
+                codes: Sequence[str] | None = None, # class names, background first (legend); default: their numbers
+                titles: Sequence[str] | None = None, # one title per slice
+                alpha: float = 0.6, # weight of the label colours
+                panel: float = 1.6, # inches per panel
+               ) -> Figure:
+    "Slices with their true (top row) and predicted (bottom row) labels colour-coded, and a legend of the classes present."
+    images, rows = np.asarray(images), [('truth', np.asarray(truths))] + ([] if preds is None else [('prediction', np.asarray(preds))])
+    if images.ndim != 3 or any(r.shape != images.shape for _, r in rows):
+        raise ValueError(f"images, truths and preds must share one shape N×H×W, got {[images.shape] + [r.shape for _, r in rows]}")
+    labels = np.concatenate([l for _, l in rows])
+    codes = _class_names(codes, labels)
+    fig = Figure(figsize=(panel * len(images), panel * len(rows) + 0.8), layout='constrained')
+    axs = fig.subplots(len(rows), len(images), squeeze=False)
+    for r, (name, labs) in enumerate(rows):
+        for j, ax in enumerate(axs[r]):
+            ax.imshow(label_overlay(images[j], labs[j], len(codes), alpha), interpolation='nearest'); ax.axis('off')
+            ax.set_title(f"{titles[j] if titles is not None else j}\n{name}" if r == 0 else name, fontsize=7)
+    _code_legend(fig, sorted(set(np.unique(labels).tolist()) - {0}), codes)
+    return fig

@@ -1,4 +1,4 @@
-"""3D scans segmented slice by slice with many labels: NIfTI image/label pairs cut into a 2D cache, a synthetic spine for tests, multi-class loss, metrics and TTA, and per-slice predictions put back together as NIfTI volumes.
+"""3D scans segmented slice by slice with many labels: NIfTI image/label pairs cut into a 2D cache, a synthetic spine for tests, splits by case, training and prediction through the kit's multi-class mode, and per-slice predictions put back together as NIfTI volumes scored in 3D.
 
 Docs: https://pneumokit.github.io/pneumokit/volumes.html.md"""
 
@@ -6,61 +6,37 @@ Docs: https://pneumokit.github.io/pneumokit/volumes.html.md"""
 
 # %% ../nbs/20_volumes.ipynb #91ca7c24
 from __future__ import annotations
-import contextlib, json, os, random, re, tempfile
+import contextlib, json, os, re, tempfile
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import cv2
-import fastai.callback.schedule  # noqa: F401 (adds `Learner.fit_one_cycle` and `fit_flat_cos`)
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from fastai.callback.training import GradientAccumulation, GradientClip
-from fastai.data.block import DataBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import ColReader, ColSplitter, Normalize
-from fastai.learner import Learner, Metric
-from fastai.vision.core import PILImageBW, imagenet_stats
-from fastai.vision.data import ImageBlock, MaskBlock
+from fastai.learner import Learner
 from fastcore.parallel import parallel
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from torch import Tensor, nn
 
 from .core import get_device, seed_everything, write_bytes_atomic
-from .data import AlbumentationsTransform, GreyToRGB, get_augs, set_dls
-from .inference import get_tta, normalise
-from .models import seg_learner
-from .train import OPTIMIZERS, Recipe, Stage
+from .data import _check_codes, _check_pos_int, set_dls, slice_dataloaders
+from .dicom import _write_png
+from .inference import normalise, tta_probs
+from .losses import get_loss
+from .metrics import MeanClassDice, volume_dice
+from .models import _check_models, seg_learner
+from .train import OPTIMIZERS, Recipe, Stage, _fit_stage
 
 # %% auto #0
-__all__ = ['SPINE_CODES', 'MC_LOSSES', 'find_volume_pairs', 'read_volume_pair', 'write_nifti', 'make_synthetic_spine',
-           'slice_volumes', 'read_slice_cache', 'split_cases', 'multiclass_dice_loss', 'ce_dice_loss', 'CEDiceLoss',
-           'get_mc_loss', 'confusion_counts', 'dice_per_slice', 'slice_dice', 'multiclass_dice', 'overall_scores',
-           'volume_dice', 'MeanClassDice', 'volume_datablock', 'volume_dataloaders', 'volume_learner', 'train_volumes',
-           'tta_softmax', 'predict_slices', 'reassemble', 'predict_volumes', 'case_dice', 'label_palette',
-           'label_overlay', 'show_slices']
+__all__ = ['SPINE_CODES', 'find_volume_pairs', 'read_volume_pair', 'write_nifti', 'make_synthetic_spine', 'slice_volumes',
+           'read_slice_cache', 'split_cases', 'case_folds', 'volume_learner', 'train_volumes', 'predict_slices',
+           'reassemble', 'predict_volumes', 'case_dice']
 
 # %% ../nbs/20_volumes.ipynb #0343f3e5
 SPINE_CODES: list[str] = ['background', 'S', 'L5', 'L4', 'L3', 'L2', 'L1', 'T12', 'T11', 'T10', 'T9',
                           'L5/S', 'L4/L5', 'L3/L4', 'L2/L3', 'L1/L2', 'T12/L1', 'T11/T12', 'T10/T11', 'T9/T10']
-
-def _check_codes(codes: Sequence[str], # class names, background first
-                ) -> list[str]:
-    "`codes` as a list of 2 to 256 names, or a `ValueError`."
-    if isinstance(codes, str) or not isinstance(codes, Sequence) or not 2 <= len(codes) <= 256:
-        raise ValueError(f"`codes` must be a list of 2 to 256 class names (background first), got {codes!r}")
-    return [str(c) for c in codes]
-
-def _check_pos_int(name: str, v, lo: int = 1) -> int:
-    "`v` if it is an int ≥ `lo`, else a `ValueError` naming the argument."
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"`{name}` must be an int ≥ {lo}, got {v!r}")
-    return int(v)
 
 # %% ../nbs/20_volumes.ipynb #98d10e24
 _NII = ('.nii.gz', '.nii')
@@ -245,12 +221,6 @@ def _kept(lab: np.ndarray, axis: int, drop_empty_edges: bool) -> list[int]:
     idx = np.flatnonzero(has)
     return list(range(int(idx[0]), int(idx[-1]) + 1))
 
-def _write_png(path: Path, a: np.ndarray):
-    "Write a uint8 array as a PNG, atomically."
-    ok, buf = cv2.imencode('.png', a)
-    if not ok: raise ValueError(f"cannot encode {path.name} as PNG")
-    write_bytes_atomic(path, buf.tobytes())
-
 # %% ../nbs/20_volumes.ipynb #9c0e57c4
 def _slice_case(pair: dict, dest: Path, axis: int, size: int | None, drop_empty_edges: bool, n_classes: int) -> dict:
     "Cache one case's slices as PNGs; returns its manifest rows and its metadata."
@@ -306,15 +276,20 @@ def read_slice_cache(dest: str | Path, # a `slice_volumes` cache folder
     return pd.read_csv(f, dtype={'case': str}), json.loads(j.read_text())['cases']
 
 # %% ../nbs/20_volumes.ipynb #1decaa82
+def _cases(slices: pd.DataFrame) -> list[str]:
+    "The cases of `slices` in order of appearance; at least two."
+    if 'case' not in getattr(slices, 'columns', []): raise ValueError("`slices` needs a `case` column (from `slice_volumes`)")
+    cases = list(dict.fromkeys(slices.case))
+    if len(cases) < 2: raise ValueError(f"Splitting by case needs at least 2 cases, got {len(cases)}: {cases}")
+    return cases
+
 def split_cases(slices: pd.DataFrame, # `slice_volumes` output (a `case` column)
                 valid_pct: float = 0.3, # share of the cases to hold out (at least one case on each side)
                 seed: int = 0, # seed of the draw
                 valid_cases: Sequence[str] | None = None, # hold out exactly these cases instead of drawing
                ) -> pd.DataFrame:
-    "`slices` with a bool `is_valid` column holding out whole cases, never single slices."
-    if 'case' not in getattr(slices, 'columns', []): raise ValueError("`slices` needs a `case` column (from `slice_volumes`)")
-    cases = list(dict.fromkeys(slices.case))
-    if len(cases) < 2: raise ValueError(f"Splitting by case needs at least 2 cases, got {len(cases)}: {cases}")
+    "`slices` with a `fold` column: 0 for the held-out cases, 1 for the others; never a case on both sides."
+    cases = _cases(slices)
     if valid_cases is None:
         if not 0 < valid_pct < 1: raise ValueError(f"`valid_pct` must be in (0, 1), got {valid_pct!r}")
         n = min(max(int(round(valid_pct * len(cases))), 1), len(cases) - 1)
@@ -322,269 +297,42 @@ def split_cases(slices: pd.DataFrame, # `slice_volumes` output (a `case` column)
     unknown = [c for c in valid_cases if c not in cases]
     if unknown: raise ValueError(f"`valid_cases` {unknown[:5]} are not in `slices` (cases: {cases[:8]})")
     if set(valid_cases) >= set(cases): raise ValueError("`valid_cases` holds out every case: nothing left to train on")
-    return slices.assign(is_valid=slices.case.isin(list(valid_cases)))
+    return slices.assign(fold=np.where(slices.case.isin(list(valid_cases)), 0, 1))
 
-# %% ../nbs/20_volumes.ipynb #8b3cc978
-def _plain(x: Tensor) -> Tensor:
-    "`x` as a plain `torch.Tensor` (fastai's `TensorMask`/`TensorBase` subclasses refuse to mix)."
-    return x if type(x) is Tensor else x.as_subclass(Tensor)
-
-def _logits_targs(logits: Tensor, # N×C×H×W float logits
-                  targs: Tensor, # N×H×W (or N×1×H×W) class indices
-                 ) -> tuple[Tensor, Tensor]:
-    "Logits and long targets, checked: shapes that agree, target values in 0..C-1."
-    if not (isinstance(logits, Tensor) and isinstance(targs, Tensor)):
-        raise ValueError(f"logits and targets must be tensors, got {type(logits).__name__} and {type(targs).__name__}")
-    x, t = _plain(logits), _plain(targs)
-    if x.ndim != 4 or not x.is_floating_point(): raise ValueError(f"logits must be float N×C×H×W, got {x.dtype} {tuple(x.shape)}")
-    if t.ndim == 4 and t.shape[1] == 1: t = t[:, 0]
-    if t.shape != x.shape[:1] + x.shape[2:]:
-        raise ValueError(f"targets {tuple(targs.shape)} must be N×H×W to match logits {tuple(logits.shape)}")
-    t = t.long()
-    if t.numel() and (t.min() < 0 or t.max() >= x.shape[1]):
-        raise ValueError(f"target values must be class indices 0..{x.shape[1] - 1}, got {int(t.min())}..{int(t.max())}")
-    return x, t
-
-# %% ../nbs/20_volumes.ipynb #658ccbaa
-def multiclass_dice_loss(logits: Tensor, # N×C×H×W logits
-                         targs: Tensor, # N×H×W class indices
-                         smooth: float = 1.0, # added to both sides of each class's Dice ratio
-                         include_background: bool = False, # also score class 0
-                        ) -> Tensor:
-    "1 − mean soft Dice of the softmax, per class over the batch, over the classes present in `targs`."
-    if smooth < 0: raise ValueError(f"`smooth` must be ≥ 0, got {smooth!r}")
-    x, t = _logits_targs(logits, targs)
-    p = x.float().softmax(1)
-    oh = F.one_hot(t, x.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
-    dice = (2 * (p * oh).sum((0, 2, 3)) + smooth) / ((p + oh).sum((0, 2, 3)) + smooth)
-    keep = oh.sum((0, 2, 3)) > 0
-    if not include_background: keep[0] = False
-    return 1 - dice[keep].mean() if keep.any() else p.sum() * 0  # nothing to score: 0, still on the graph
-
-def ce_dice_loss(logits: Tensor, # N×C×H×W logits
-                 targs: Tensor, # N×H×W class indices
-                 ce_weight: float = 1.0, # weight of the softmax cross-entropy
-                 dice_weight: float = 1.0, # weight of `multiclass_dice_loss`
-                 smooth: float = 1.0, # Dice smoothing
-                 include_background: bool = False, # Dice of class 0 too
-                ) -> Tensor:
-    "`ce_weight` × softmax cross-entropy + `dice_weight` × `multiclass_dice_loss`."
-    x, t = _logits_targs(logits, targs)
-    ce = F.cross_entropy(x.float(), t) if ce_weight else x.sum() * 0
-    return ce_weight * ce + (dice_weight * multiclass_dice_loss(x, t, smooth, include_background) if dice_weight else 0)
-
-# %% ../nbs/20_volumes.ipynb #b1ab0795
-def _check_weight(name: str, v) -> float:
-    "`v` as a float ≥ 0, else a `ValueError` naming the argument."
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0: raise ValueError(f"`{name}` must be a number ≥ 0, got {v!r}")
-    return float(v)
-
-class CEDiceLoss(nn.Module):
-    "Module form of `ce_dice_loss`, with fastai's `activation` (softmax) and `decodes` (argmax over classes)."
-    def __init__(self, ce_weight: float = 1.0, # weight of the cross-entropy
-                 dice_weight: float = 1.0, # weight of the multi-class soft Dice
-                 smooth: float = 1.0, # Dice smoothing
-                 include_background: bool = False): # Dice of class 0 too
-        super().__init__()
-        self.ce_weight, self.dice_weight = _check_weight('ce_weight', ce_weight), _check_weight('dice_weight', dice_weight)
-        if not self.ce_weight + self.dice_weight: raise ValueError("`ce_weight` and `dice_weight` are both 0: nothing to learn from")
-        self.smooth, self.include_background = smooth, include_background
-
-    def forward(self, logits: Tensor, targs: Tensor) -> Tensor:
-        return ce_dice_loss(logits, targs, self.ce_weight, self.dice_weight, self.smooth, self.include_background)
-    def activation(self, x: Tensor) -> Tensor: return torch.softmax(_plain(x).float(), 1)
-    def decodes(self, x: Tensor) -> Tensor: return _plain(x).argmax(1)
-
-MC_LOSSES = {'ce': partial(CEDiceLoss, 1.0, 0.0), 'dice': partial(CEDiceLoss, 0.0, 1.0), 'combo': CEDiceLoss}
-
-def get_mc_loss(name: str, # a key of `MC_LOSSES` ('combo': cross-entropy + Dice)
-                **kwargs, # passed to `CEDiceLoss` (smooth, include_background, ...)
-               ) -> CEDiceLoss:
-    "The multi-class loss `name`; the names follow `pneumokit.losses.LOSSES` ('combo' is the default of a `Stage`)."
-    if name not in MC_LOSSES: raise KeyError(f"Unknown multi-class loss {name!r}; choose from {list(MC_LOSSES)}")
-    return MC_LOSSES[name](**kwargs)
-
-# %% ../nbs/20_volumes.ipynb #12e31dd4
-def _label_batch(x, what: str) -> np.ndarray:
-    "A label map H×W or batch N×H×W of class indices as int64 N×H×W, or a `ValueError` naming `what`."
-    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-    if a.ndim == 2: a = a[None]
-    if a.ndim != 3: raise ValueError(f"{what} must be label maps H×W or N×H×W, got shape {a.shape}")
-    if a.dtype.kind not in 'iub':
-        raise ValueError(f"{what} must hold integer class indices (argmax probabilities first), got {a.dtype}")
-    return a.astype(np.int64)
-
-def confusion_counts(pred, # predicted label maps H×W or N×H×W (numpy or torch)
-                     targ, # true label maps, same shape
-                     n_classes: int, # number of classes C
-                    ) -> np.ndarray:
-    "Per-slice confusion matrices N×C×C: `[n, true class, predicted class]` pixel counts."
-    p, t, C = _label_batch(pred, 'pred'), _label_batch(targ, 'targ'), _check_pos_int('n_classes', n_classes, 2)
-    if p.shape != t.shape: raise ValueError(f"pred {tuple(np.shape(pred))} and targ {tuple(np.shape(targ))} differ in shape")
-    for a, what in ((p, 'pred'), (t, 'targ')):
-        if a.size and (a.min() < 0 or a.max() >= C): raise ValueError(f"{what} values must be in 0..{C - 1}, got {a.min()}..{a.max()}")
-    n = len(p)
-    idx = np.arange(n)[:, None] * C * C + t.reshape(n, -1) * C + p.reshape(n, -1)
-    return np.bincount(idx.ravel(), minlength=n * C * C).reshape(n, C, C)
-
-def _tp_fp_fn(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "True-positive, false-positive and false-negative pixels (N×C) of confusion matrices N×C×C."
-    tp = np.diagonal(conf, axis1=1, axis2=2)
-    return tp, conf.sum(1) - tp, conf.sum(2) - tp
-
-# %% ../nbs/20_volumes.ipynb #cbe816a6
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    "`num / den`, `nan` where `den` is 0."
-    with np.errstate(divide='ignore', invalid='ignore'): return np.where(den > 0, num / np.maximum(den, 1), np.nan)
-
-def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
-    "Mean over `axis` ignoring `nan`, `nan` where everything is (without numpy's warning)."
-    ok = ~np.isnan(x)
-    return _ratio(np.where(ok, x, 0).sum(axis), ok.sum(axis))
-
-def dice_per_slice(pred, # predicted label maps H×W or N×H×W
-                   targ, # true label maps, same shape
-                   n_classes: int, # number of classes C
-                  ) -> np.ndarray:
-    "Dice of every class in every slice (N×C), `nan` where the class is in neither prediction nor truth."
-    tp, fp, fn = _tp_fp_fn(confusion_counts(pred, targ, n_classes))
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-def slice_dice(pred, # predicted label maps H×W or N×H×W
-               targ, # true label maps, same shape
-               n_classes: int, # number of classes C
-               include_background: bool = False, # also average class 0
-              ) -> np.ndarray:
-    "Each slice's mean Dice over its scored classes (in prediction or truth), `nan` for a slice with none (N,)."
-    return _nanmean(dice_per_slice(pred, targ, n_classes)[:, 0 if include_background else 1:], 1)
-
-# %% ../nbs/20_volumes.ipynb #b108808c
-def _class_index(n_classes: int, codes: Sequence[str] | None) -> pd.Index:
-    if codes is None: return pd.RangeIndex(n_classes, name='class')
-    if len(codes) != n_classes: raise ValueError(f"`codes` has {len(codes)} names for {n_classes} classes")
-    return pd.Index(list(codes), name='class')
-
-def multiclass_dice(pred, # predicted label maps H×W or N×H×W (numpy or torch)
-                    targ, # true label maps, same shape
-                    n_classes: int, # number of classes C
-                    codes: Sequence[str] | None = None, # class names for the index (default 0..C-1)
-                   ) -> pd.DataFrame:
-    "Per class: Dice and IoU averaged over the slices where it is predicted or true, pixel accuracy, FP/FN counts."
-    tp, fp, fn = _tp_fp_fn(confusion_counts(pred, targ, n_classes))
-    pred_any, true_any = tp + fp > 0, tp + fn > 0
-    return pd.DataFrame(dict(dice=_nanmean(_ratio(2 * tp, 2 * tp + fp + fn), 0), iou=_nanmean(_ratio(tp, tp + fp + fn), 0),
-                             pixel_acc=_ratio(tp.sum(0), (tp + fn).sum(0)), tp=tp.sum(0), fp=fp.sum(0), fn=fn.sum(0),
-                             fp_slices=(pred_any & ~true_any).sum(0), fn_slices=(true_any & ~pred_any).sum(0),
-                             n_slices=(pred_any | true_any).sum(0)), index=_class_index(n_classes, codes))
-
-def overall_scores(table: pd.DataFrame, # `multiclass_dice` output
-                   include_background: bool = False, # also average class 0 (its Dice is ~1 and hides the rest)
-                  ) -> pd.Series:
-    "Mean class Dice and IoU (classes never scored left out), pixel accuracy, mean class accuracy, FP and FN pixels."
-    fg = table.iloc[0 if include_background else 1:]
-    return pd.Series(dict(mean_dice=fg.dice.mean(), mean_iou=fg.iou.mean(), pixel_acc=table.tp.sum() / (table.tp + table.fn).sum(),
-                          mean_class_acc=fg.pixel_acc.mean(), fp=int(fg.fp.sum()), fn=int(fg.fn.sum())))
-
-# %% ../nbs/20_volumes.ipynb #c0c2354c
-def volume_dice(pred, # predicted label volume (any number of dimensions)
-                targ, # true label volume, same shape
-                n_classes: int, # number of classes C
-                codes: Sequence[str] | None = None, # class names for the index
-               ) -> pd.Series:
-    "3D Dice of each class between two label volumes, `nan` where the class is in neither."
-    p, t = np.asarray(pred), np.asarray(targ)
-    if p.shape != t.shape: raise ValueError(f"pred {p.shape} and targ {t.shape} differ in shape")
-    return pd.Series(dice_per_slice(p.reshape(1, 1, -1), t.reshape(1, 1, -1), n_classes)[0], index=_class_index(n_classes, codes))
-
-# %% ../nbs/20_volumes.ipynb #bb944787
-class MeanClassDice(Metric):
-    "fastai metric: each class's Dice averaged over the slices where it is predicted or true, then over the classes."
-    def __init__(self, n_classes: int, # number of classes C (the model's output channels)
-                 include_background: bool = False): # also average class 0
-        self.n_classes, self.start = _check_pos_int('n_classes', n_classes, 2), 0 if include_background else 1
-        self.reset()
-
-    def reset(self): self.sums, self.counts = np.zeros(self.n_classes), np.zeros(self.n_classes)
-
-    def accumulate(self, learn):
-        d = dice_per_slice(_plain(learn.pred).argmax(1), learn.y, self.n_classes)
-        self.sums += np.nan_to_num(d).sum(0); self.counts += (~np.isnan(d)).sum(0)
-
-    @property
-    def value(self) -> float:
-        per = _ratio(self.sums, self.counts)[self.start:]
-        return float(np.nanmean(per)) if (~np.isnan(per)).any() else float('nan')
-
-    @property
-    def name(self) -> str: return 'mean_class_dice'
+def case_folds(slices: pd.DataFrame, # `slice_volumes` output (a `case` column)
+               n_splits: int = 5, # number of folds (at most the number of cases)
+               seed: int = 0, # seed of the shuffle: the same seed gives the same folds
+              ) -> pd.DataFrame:
+    "`slices` with a `fold` column 0..n_splits-1: the cases shuffled and dealt in turn, so folds differ by one case at most."
+    cases, n_splits = _cases(slices), _check_pos_int('n_splits', n_splits, 2)
+    if n_splits > len(cases): raise ValueError(f"`n_splits`={n_splits} is more than the {len(cases)} cases: every fold needs one")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    fold_of = {cases[j]: k % n_splits for k, j in enumerate(order)}
+    return slices.assign(fold=slices.case.map(fold_of).astype(int))
 
 # %% ../nbs/20_volumes.ipynb #d9297c21
-def volume_datablock(codes: Sequence[str], # class names, background first
-                     size: int, # side of the training slices (augmentations end with a resize to it)
-                     aug: str = 'none', # a key of `pneumokit.data.AUG_PRESETS` (training only)
-                     seed: int | None = None, # seed of the augmentations
-                    ) -> DataBlock:
-    "A `DataBlock` of slice-manifest rows → (3-channel ImageNet-normalised image, `TensorMask` of class indices)."
-    return DataBlock(blocks=(ImageBlock(PILImageBW), MaskBlock(_check_codes(codes))), get_x=ColReader('image'),
-                     get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
-                     item_tfms=[AlbumentationsTransform(get_augs(aug, size, seed))],
-                     batch_tfms=[GreyToRGB(), Normalize.from_stats(*imagenet_stats)])
-
-def _check_split(slices: pd.DataFrame) -> pd.DataFrame:
-    "`slices` with a fresh index, after checking its columns and that both sides of the split hold slices."
-    missing = {'image', 'label', 'is_valid'} - set(getattr(slices, 'columns', []))
-    if missing: raise ValueError(f"`slices` needs columns image, label and is_valid (see `split_cases`); missing {sorted(missing)}")
-    if slices.is_valid.all() or not slices.is_valid.any():
-        raise ValueError(f"`slices` must hold training and validation slices; is_valid is all {bool(slices.is_valid.iloc[0])}")
-    return slices.reset_index(drop=True)
-
 def _n_codes(dls: DataLoaders) -> int:
     "The number of classes `MaskBlock(codes)` gave `dls` (fastai's `get_c`, without importing `fastai.vision.learner`)."
     n = getattr(dls.train.after_item, 'c', 0)
-    if not n: raise ValueError("`dls` carry no mask codes: build them with `volume_dataloaders`")
+    if not n: raise ValueError("`dls` carry no mask codes: build them with `pneumokit.data.slice_dataloaders`")
     return int(n)
 
-def _cached_side(slices: pd.DataFrame) -> int:
-    "The side of the cached (square) slices, read from the first image."
-    a = cv2.imread(str(slices.image.iloc[0]), cv2.IMREAD_GRAYSCALE)
-    if a is None: raise FileNotFoundError(f"Cannot read the cached slice {slices.image.iloc[0]}")
-    if a.shape[0] != a.shape[1]: raise ValueError(f"cached slices are {a.shape}, not square: pass `size`")
-    return a.shape[0]
-
 # %% ../nbs/20_volumes.ipynb #cec40819
-def volume_dataloaders(slices: pd.DataFrame, # `split_cases` output: image, label, is_valid columns
-                       codes: Sequence[str] = SPINE_CODES, # class names, background first
-                       bs: int = 16, # batch size
-                       size: int | None = None, # training side (default: the cached slices' side)
-                       aug: str = 'none', # training augmentations, a key of `pneumokit.data.AUG_PRESETS`
-                       seed: int | None = 0, # seeds the augmentations and the shuffling
-                       n_workers: int = 0, # loader processes
-                       device: str | torch.device | None = None, # where batches go (default `get_device()`)
-                       **kwargs, # passed to `DataBlock.dataloaders`
-                      ) -> DataLoaders:
-    "fastai `DataLoaders` of slices: training on the cases with `is_valid` False, validation on the held-out cases."
-    slices, bs = _check_split(slices), _check_pos_int('bs', bs)
-    size = _cached_side(slices) if size is None else _check_pos_int('size', size, 8)
-    dls = volume_datablock(codes, size, aug, seed).dataloaders(slices, bs=bs, num_workers=_check_pos_int('n_workers', n_workers, 0),
-                                                               device=get_device(device), **kwargs)
-    dls.train.rng = random.Random(seed)
-    return dls
-
-def volume_learner(dls: DataLoaders, # from `volume_dataloaders`
+def volume_learner(dls: DataLoaders, # from `pneumokit.data.slice_dataloaders`
                    arch: str = 'Unet', # a `pneumokit.models.ARCHS` name
                    encoder: str = 'resnet18', # an smp encoder name
                    weights: str | Path | None = None, # local weights file (the encoder starts frozen when given)
-                   loss_func: nn.Module | None = None, # default `CEDiceLoss()`
+                   loss_func: nn.Module | None = None, # default `get_loss('combo', mode='multiclass')`
                    model_kwargs: dict | None = None, # more `build_model` arguments (decoder_channels, encoder_depth, ...)
                    **kwargs, # passed to `seg_learner` / `Learner` (metrics, opt_func, cbs, ...)
                   ) -> Learner:
-    "A fastai `Learner` on an smp model with one output channel per code, `CEDiceLoss` and `MeanClassDice`."
+    "A fastai `Learner` on an smp model with one output channel per code, the multi-class 'combo' loss and `MeanClassDice`."
     n = _n_codes(dls)
     if (model_kwargs or {}).get('classes', n) != n:
         raise ValueError(f"model_kwargs classes={model_kwargs['classes']} but the data has {n} codes")
     kwargs.setdefault('metrics', [MeanClassDice(n)])
-    return seg_learner(dls, arch, encoder, weights, loss_func=loss_func or CEDiceLoss(), freeze=weights is not None,
-                       model_kwargs={**(model_kwargs or {}), 'classes': n}, **kwargs)
+    return seg_learner(dls, arch, encoder, weights, loss_func=loss_func or get_loss('combo', mode='multiclass'),
+                       freeze=weights is not None, model_kwargs={**(model_kwargs or {}), 'classes': n}, **kwargs)
 
 # %% ../nbs/20_volumes.ipynb #c97b5505
 def _check_volume_stage(st: Stage, i: int) -> Stage:
@@ -592,59 +340,30 @@ def _check_volume_stage(st: Stage, i: int) -> Stage:
     if st.pos_frac is not None or st.positives_only:
         raise ValueError(f"stage {i}: pos_frac={st.pos_frac!r}, positives_only={st.positives_only!r} sample SIIM's "
                          "positive images; slices have no such sampler (use None and False)")
-    if st.loss not in MC_LOSSES: raise ValueError(f"stage {i}: loss={st.loss!r}, expected one of {list(MC_LOSSES)}")
+    try: get_loss(st.loss, mode='multiclass', **st.loss_kwargs)
+    except (KeyError, ValueError, TypeError) as e: raise ValueError(f"stage {i}: {e.args[0] if e.args else e}") from e
     return st
 
-def _fit_stage(learn: Learner, st: Stage):
-    "One schedule over the stage's epochs."
-    cbs = [GradientAccumulation(st.bs * st.accum)] if st.accum > 1 else []
-    lr = slice(*st.lr) if isinstance(st.lr, (tuple, list)) else st.lr
-    fit = learn.fit_one_cycle if st.sched == 'one_cycle' else learn.fit_flat_cos
-    fit(st.epochs, lr, wd=st.wd, cbs=cbs)
-
 def train_volumes(recipe: Recipe, # model and stages (see above for the fields used)
-                  slices: pd.DataFrame, # `split_cases` output
+                  slices: pd.DataFrame, # `split_cases` or `case_folds` output (a `fold` column)
                   codes: Sequence[str] = SPINE_CODES, # class names, background first
+                  fold: int = 0, # validation fold; the others train
                   n_workers: int = 0, # loader processes
                   device: str | torch.device | None = None, # default: CUDA when available, else CPU
                  ) -> Learner:
-    "Train `recipe` on a slice cache, stage by stage, with the multi-class loss each stage names; returns the `Learner`."
+    "Train `recipe` on the cases outside fold `fold`, stage by stage, with each stage's multi-class loss; returns the `Learner`."
     stages, learn = [_check_volume_stage(s, i) for i, s in enumerate(recipe.stages)], None
     seed_everything(recipe.seed, recipe.deterministic)
     for st in stages:
-        dls = volume_dataloaders(slices, codes, st.bs, st.size, st.aug, recipe.seed, n_workers, device)
+        dls = slice_dataloaders(slices, codes, fold, st.bs, st.size, st.aug, recipe.seed, n_workers, device)
         if learn is None:
             learn = volume_learner(dls, recipe.arch, recipe.encoder, recipe.weights, model_kwargs=recipe.model_kwargs,
-                                   freeze_bn=recipe.freeze_bn, opt_func=OPTIMIZERS[recipe.opt],
-                                   cbs=[GradientClip(recipe.clip)] if recipe.clip else None)
+                                   freeze_bn=recipe.freeze_bn, opt_func=OPTIMIZERS[recipe.opt])
         else: set_dls(learn, dls)
-        learn.loss_func = get_mc_loss(st.loss, **st.loss_kwargs)
+        learn.loss_func = get_loss(st.loss, mode='multiclass', **st.loss_kwargs)
         learn.freeze() if st.frozen else learn.unfreeze()
-        _fit_stage(learn, st)
+        _fit_stage(learn, st, 0, [], recipe.clip)
     return learn
-
-# %% ../nbs/20_volumes.ipynb #1496b1eb
-def _models(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
-    "A non-empty list of torch modules."
-    models = [models] if isinstance(models, nn.Module) else list(models)
-    if not models or not all(isinstance(m, nn.Module) for m in models):
-        raise ValueError(f"`models` must be a torch module or a non-empty list of them, got {models!r:.80}")
-    return models
-
-@torch.no_grad()
-def tta_softmax(models: nn.Module | Sequence[nn.Module], # a model or an ensemble, on `x`'s device, in eval mode
-                x: Tensor, # normalised image batch N×3×H×W
-                tta: str = 'hflip', # a key of `pneumokit.inference.TTAS`
-               ) -> Tensor:
-    "Mean softmax probabilities (N×C×H×W) of `models` over the TTA views of `x`, each view inverted before averaging."
-    views, models = get_tta(tta), _models(models)
-    if x.ndim != 4: raise ValueError(f"`x` must be a N×C×H×W batch, got shape {tuple(x.shape)}")
-    hw, total = tuple(x.shape[-2:]), 0
-    for fwd, inv in views:
-        for m in models:
-            out = m(fwd(x))
-            total = total + inv(torch.softmax(_plain(out[0] if isinstance(out, (tuple, list)) else out).float(), 1), hw)
-    return total / (len(views) * len(models))
 
 # %% ../nbs/20_volumes.ipynb #8a27b4f7
 def _read_slices(paths: Sequence[str]) -> Tensor:
@@ -662,10 +381,10 @@ def predict_slices(models: nn.Module | Sequence[nn.Module], # a trained model or
                   ) -> np.ndarray:
     "Label maps (uint8 N×H×W) of the cached slices: the argmax of the TTA-averaged softmax."
     device, bs = get_device(device), _check_pos_int('bs', bs)
-    models, paths, out = [m.to(device).eval() for m in _models(models)], list(slices.image), []
+    models, paths, out = [m.to(device).eval() for m in _check_models(models)], list(slices.image), []
     for i in range(0, len(paths), bs):
         x = normalise(_read_slices(paths[i:i + bs]).to(device))
-        out.append(tta_softmax(models, x, tta).argmax(1).to(torch.uint8).cpu().numpy())
+        out.append(tta_probs(models, x, tta, mode='multiclass').argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.uint8)
 
 # %% ../nbs/20_volumes.ipynb #6c891ddb
@@ -729,55 +448,3 @@ def case_dice(preds: pd.DataFrame, # `predict_volumes` output: case, path
         t = _check_labels(np.asarray(_load_nifti(truth[c], c, 'label').dataobj), c, len(codes))
         rows[c] = volume_dice(np.asarray(_load_nifti(p, c, 'prediction').dataobj), t, len(codes), codes)
     return pd.DataFrame(rows).T.rename_axis('case')
-
-# %% ../nbs/20_volumes.ipynb #8956a942
-def label_palette(n_classes: int = len(SPINE_CODES), # number of classes (colours repeat after 20)
-                 ) -> np.ndarray:
-    "RGB uint8 colours (n_classes×3): background black, then tab20's dark shades, then its light ones."
-    tab = np.array(colormaps['tab20'].colors)
-    base = np.concatenate([tab[0::2], tab[1::2]])
-    cols = np.round(base[np.arange(_check_pos_int('n_classes', n_classes, 2) - 1) % 20] * 255).astype(np.uint8)
-    return np.vstack([np.zeros((1, 3), np.uint8), cols])
-
-def label_overlay(image: np.ndarray, # grey uint8 slice H×W
-                  labels: np.ndarray, # class indices H×W
-                  n_classes: int = len(SPINE_CODES), # number of classes
-                  alpha: float = 0.6, # weight of the class colour over the grey value
-                 ) -> np.ndarray:
-    "An RGB uint8 (H, W, 3) slice: `(1-alpha)*grey + alpha*colour` where a class is labelled, grey on the background."
-    img, lab = np.asarray(image), np.asarray(labels)
-    if img.ndim != 2 or img.dtype != np.uint8 or lab.shape != img.shape:
-        raise ValueError(f"image must be grey uint8 H×W and labels of its shape, got {img.dtype} {img.shape} and {lab.shape}")
-    if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if lab.size and (lab.min() < 0 or lab.max() >= n_classes): raise ValueError(f"labels must be in 0..{n_classes - 1}, got {lab.min()}..{lab.max()}")
-    rgb, fg = np.repeat(img[..., None], 3, -1).astype(np.float32), lab > 0
-    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * label_palette(n_classes)[lab[fg]]
-    return np.round(rgb).astype(np.uint8)
-
-# %% ../nbs/20_volumes.ipynb #12cca19b
-def _code_legend(fig: Figure, present: Sequence[int], codes: Sequence[str]):
-    "A legend of the classes in `present`, below the panels."
-    pal = label_palette(len(codes)) / 255
-    fig.legend(handles=[Patch(color=pal[i], label=codes[i]) for i in present], loc='outside lower center',
-               ncols=min(10, max(1, len(present))), fontsize=6, frameon=False)
-
-def show_slices(images, # grey uint8 slices N×H×W
-                truths, # true label maps N×H×W
-                preds=None, # predicted label maps N×H×W (a second row)
-                codes: Sequence[str] = SPINE_CODES, # class names (legend)
-                titles: Sequence[str] | None = None, # one title per slice
-                alpha: float = 0.6, # weight of the label colours
-                panel: float = 1.6, # inches per panel
-               ) -> Figure:
-    "Slices with their true (top row) and predicted (bottom row) labels colour-coded, and a legend of the classes present."
-    images, rows = np.asarray(images), [('truth', np.asarray(truths))] + ([] if preds is None else [('prediction', np.asarray(preds))])
-    if images.ndim != 3 or any(r.shape != images.shape for _, r in rows):
-        raise ValueError(f"images, truths and preds must share one shape N×H×W, got {[images.shape] + [r.shape for _, r in rows]}")
-    fig = Figure(figsize=(panel * len(images), panel * len(rows) + 0.8), layout='constrained')
-    axs = fig.subplots(len(rows), len(images), squeeze=False)
-    for r, (name, labs) in enumerate(rows):
-        for j, ax in enumerate(axs[r]):
-            ax.imshow(label_overlay(images[j], labs[j], len(codes), alpha), interpolation='nearest'); ax.axis('off')
-            ax.set_title(f"{titles[j] if titles is not None else j}\n{name}" if r == 0 else name, fontsize=7)
-    _code_legend(fig, sorted(set(np.unique(np.concatenate([l for _, l in rows]))) - {0}), codes)
-    return fig

@@ -1,5 +1,5 @@
 """The volumes workflow through its public entry points, as an outside user calls them: synthetic spine → slice cache →
-reassembled NIfTI volumes, exact for every axis and size; slicing in worker processes; per-class metrics by hand."""
+reassembled NIfTI volumes, exact for every axis and size; slicing in worker processes; splits by case; per-class metrics by hand."""
 import inspect
 from pathlib import Path
 
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumokit.volumes import (SPINE_CODES, find_volume_pairs, make_synthetic_spine, multiclass_dice, read_slice_cache,
-                               read_volume_pair, reassemble, slice_volumes, write_nifti)
+from pneumokit.metrics import per_class_scores
+from pneumokit.volumes import (SPINE_CODES, case_folds, find_volume_pairs, make_synthetic_spine, read_slice_cache,
+                               read_volume_pair, reassemble, slice_volumes, split_cases, write_nifti)
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +32,8 @@ def test_entry_point_signatures():
     assert list(sig(slice_volumes))[:4] == ['folder', 'dest', 'axis', 'size']
     assert (sig(slice_volumes)['axis'], sig(slice_volumes)['size']) == (2, 256)
     assert list(sig(reassemble)) == ['slice_preds', 'case_meta']
-    assert list(sig(multiclass_dice))[:3] == ['pred', 'targ', 'n_classes']
+    assert list(sig(per_class_scores)) == ['pred', 'targ', 'n_classes', 'codes']
+    assert list(sig(case_folds)) == ['slices', 'n_splits', 'seed'] and (sig(case_folds)['n_splits'], sig(case_folds)['seed']) == (5, 0)
 
 
 def test_synthetic_layout_and_determinism(spine, tmp_path):
@@ -92,15 +94,25 @@ def test_flat_folder_and_bad_cases(tmp_path):
         slice_volumes(tmp_path, tmp_path/'cache', size=16)
 
 
-def test_multiclass_dice_by_hand():
+def test_per_class_scores_by_hand():
     "Classes absent from both prediction and truth in a slice are left out of that slice's scores."
     targ = np.array([[[0, 1, 1, 2]], [[0, 0, 0, 0]]])
     pred = np.array([[[0, 1, 2, 2]], [[0, 0, 3, 0]]])
-    tab = multiclass_dice(pred, targ, 4)
+    tab = per_class_scores(pred, targ, 4)
     assert len(tab) == 4
     assert np.allclose(tab.dice.values, [(1 + 6 / 7) / 2, 2 / 3, 2 / 3, 0.0])
     assert tab.n_slices.tolist() == [2, 1, 1, 1]
     assert tab.fp.tolist() == [0, 0, 1, 1] and tab.fn.tolist() == [1, 1, 0, 0]
-    named = multiclass_dice(pred, targ, 4, codes=['bg', 'a', 'b', 'c'])
+    named = per_class_scores(pred, targ, 4, codes=['bg', 'a', 'b', 'c'])
     assert named.index.tolist() == ['bg', 'a', 'b', 'c']
-    assert np.isnan(multiclass_dice(targ, targ, len(SPINE_CODES)).dice[5])  # never present: not scored, not 1
+    assert np.isnan(per_class_scores(targ, targ, len(SPINE_CODES)).dice[5])  # never present: not scored, not 1
+
+
+def test_splits_keep_cases_whole(spine, tmp_path):
+    "Both splits write a `fold` column that never puts one case's slices in two folds."
+    slices = slice_volumes(spine, tmp_path, size=32)
+    for split in (case_folds(slices, n_splits=3, seed=2), split_cases(slices, valid_pct=0.34, seed=2)):
+        assert (split.groupby('case').fold.nunique() == 1).all()
+    assert sorted(case_folds(slices, n_splits=3, seed=2).groupby('case').fold.first()) == [0, 1, 2]
+    assert (split_cases(slices, valid_cases=['Case2']).groupby('case').fold.first() == [1, 0, 1]).all()
+    with pytest.raises(ValueError, match='more than the 3 cases'): case_folds(slices, n_splits=4)
