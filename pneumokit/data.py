@@ -26,7 +26,7 @@ from fastai.vision.data import ImageBlock
 from fasttransform import ItemTransform, Transform
 from matplotlib.colors import ListedColormap
 
-from .core import default_workers, get_device
+from .core import check_int, default_workers, get_device
 from .dicom import dicom_metadata, read_dicom, rles_by_id
 from .layout import CacheDir
 from .rle import group_labels, masks_from_rles, read_labels
@@ -74,9 +74,7 @@ def get_augs(name: str, # a key of `AUG_PRESETS`
             ) -> A.Compose:
     "The albumentations pipeline `name` at `size`, for (uint8 grey image, 0/1 mask) pairs."
     if name not in AUG_PRESETS: raise KeyError(f"Unknown augmentation preset {name!r}; choose from {list(AUG_PRESETS)}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
-        raise ValueError(f"`size` must be an int >= 8, got {size!r}")
-    return A.Compose(AUG_PRESETS[name](int(size)), seed=seed)
+    return A.Compose(AUG_PRESETS[name](check_int('size', size, 8)), seed=seed)
 
 # %% ../nbs/06_data.ipynb #f949a2aa
 class AlbumentationsTransform(ItemTransform):
@@ -250,10 +248,7 @@ def _check_files(cache: CacheDir, size: int, ids: Sequence[str]):
 
 def _loader_workers(n_workers: int | None, device: torch.device) -> int:
     "Loader processes: as asked, else 0 on a CPU-only machine with 2 cores or fewer, else up to 8."
-    if n_workers is not None:
-        if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 0:
-            raise ValueError(f"`n_workers` must be an int >= 0, got {n_workers!r}")
-        return int(n_workers)
+    if n_workers is not None: return check_int('n_workers', n_workers, 0)
     cores = default_workers() // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # DDP: the processes share the cores
     return 0 if device.type == 'cpu' and cores <= 2 else min(8, cores)
 
@@ -267,8 +262,7 @@ def _is_pos(folds: pd.DataFrame, pos_frac) -> np.ndarray | None:
 def _dataloaders(dblock: DataBlock, folds: pd.DataFrame, fold: int, bs: int, pos_frac, n_workers: int | None,
                  seed: int | None, device, **kwargs) -> DataLoaders:
     "Train (`PosFracDL`, sampled) and valid (natural) loaders of `dblock` over `folds.ImageId`."
-    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-        raise ValueError(f"`bs` must be an int >= 1, got {bs!r}")
+    check_int('bs', bs)
     pos_frac_at(pos_frac, 0)  # fail early on a bad fraction
     device, train, is_pos = get_device(device), (folds.fold != fold).to_numpy(), _is_pos(folds, pos_frac)
     dl_kwargs = [dict(is_pos=None if is_pos is None else is_pos[train], pos_frac=pos_frac), {}]
@@ -364,11 +358,7 @@ def set_dls(learn: Learner, # a `Learner` to move to new images
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import MaskBlock
 
-def _check_pos_int(name: str, v, lo: int = 1) -> int:
-    "`v` if it is an int ≥ `lo`, else a `ValueError` naming the argument."
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"`{name}` must be an int ≥ {lo}, got {v!r}")
-    return int(v)
+
 
 def _check_codes(codes: Sequence[str], # class names, background first
                 ) -> list[str]:
@@ -419,8 +409,8 @@ def slice_dataloaders(slices: pd.DataFrame, # slice manifest: image, label (cach
                       **kwargs, # passed to `DataBlock.dataloaders`
                      ) -> DataLoaders:
     "fastai `DataLoaders` of slices: training on the cases outside fold `fold`, validation on the cases in it."
-    slices, bs, device = _check_slice_folds(slices, fold), _check_pos_int('bs', bs), get_device(device)
-    size = _cached_side(slices) if size is None else _check_pos_int('size', size, 8)
+    slices, bs, device = _check_slice_folds(slices, fold), check_int('bs', bs), get_device(device)
+    size = _cached_side(slices) if size is None else check_int('size', size, 8)
     items = slices.assign(is_valid=slices.fold == fold)
     dls = slice_datablock(codes, size, aug, seed).dataloaders(items, bs=bs, device=device, num_workers=_loader_workers(n_workers, device),
                                                              pin_memory=device.type == 'cuda', **kwargs)

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .core import check_int
+
 # %% auto #0
 __all__ = ['rank', 'world_size', 'is_main', 'is_launched', 'barrier', 'from_rank0', 'launch_cmd', 'launch']
 
@@ -56,7 +58,7 @@ def _free_port() -> int:
 
 def _local_launch_args(num_processes: int | None, port: int | None) -> list[str]:
     n = (torch.cuda.device_count() or 1) if num_processes is None else num_processes
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"num_processes must be an int >= 1, got {n!r}")
+    check_int('num_processes', n)
     return [*(['--multi_gpu'] if n > 1 else []), '--num_processes', str(n), '--num_machines', '1',
             '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(port or _free_port())]
 

@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          RLETransferSyntaxes)
 
-from .core import atomic_write, default_workers, write_bytes_atomic
+from .core import atomic_write, check_int, default_workers, write_bytes_atomic
 from .layout import CacheDir
 from .rle import group_labels, masks_from_rles, read_labels
 
@@ -189,10 +189,7 @@ def _resize(img: np.ndarray, size: int | None) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 def _check_size(size, name: str = 'size', optional: bool = True) -> int | None:
-    if size is None and optional: return None
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"`{name}` must be a positive int{' or None' if optional else ''}, got {size!r}")
-    return int(size)
+    return None if size is None and optional else check_int(name, size)
 
 # %% ../nbs/02_dicom.ipynb #70d44f91
 def read_dicom(path: str | Path, # DICOM file: JPEG Baseline (all of SIIM), uncompressed, or what pydicom's plugins decode
@@ -239,10 +236,8 @@ def _as_paths(src) -> list[Path]:
 def _run(f, items: list, n_workers: int | None, progress: bool, **kwargs) -> list:
     "`f` over `items` in worker processes (`fastcore.parallel`); `n_workers=0` runs serially."
     if not items: return []
-    n = default_workers() if n_workers is None else n_workers
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"`n_workers` must be an int >= 0 or None, got {n_workers!r}")
-    return list(parallel(f, items, n_workers=min(int(n), len(items)), progress=progress, **kwargs))
+    n = default_workers() if n_workers is None else check_int('n_workers', n_workers, 0)
+    return list(parallel(f, items, n_workers=min(n, len(items)), progress=progress, **kwargs))
 
 # %% ../nbs/02_dicom.ipynb #75734fa2
 def dicom_metadata(paths_or_folder: str | Path | Iterable[str | Path], # a folder (searched at any depth), a file, or files

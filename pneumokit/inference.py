@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #081b8b04
 from __future__ import annotations
-import json, mmap
+import mmap
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -20,11 +20,12 @@ from fastprogress.fastprogress import progress_bar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import get_device, write_bytes_atomic
+from .core import check_int, get_device, write_bytes_atomic
 from .data import imagenet_stats
 from .dicom import image_id_of, list_dicoms, read_dicom
 from .layout import RunDir, maps_ids
-from .train import Recipe, load_checkpoints, mean_probs
+from .models import _check_models, mean_probs
+from .train import Recipe, load_checkpoints
 
 # %% auto #0
 __all__ = ['TTAS', 'get_tta', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files', 'predict_dicoms',
@@ -65,8 +66,6 @@ def get_tta(name: str, # a key of `TTAS`
     return TTAS[name]
 
 # %% ../nbs/11_inference.ipynb #75465dd5
-from .models import _check_models, mean_probs
-
 def _inverted(p: torch.Tensor, inv: Callable, hw: tuple[int, int]) -> torch.Tensor:
     "A view's probabilities mapped back onto `hw`: binary maps (N, H, W) go through the inverse as (N, 1, H, W)."
     return inv(p[:, None], hw)[:, 0] if p.ndim == 3 else inv(p, hw)
@@ -182,11 +181,6 @@ def _check_dest(dest: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest
 
-def _check_pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {v!r}")
-    return int(v)
-
 # %% ../nbs/11_inference.ipynb #0d820e3f
 def predict_dl(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
                dl: Iterable, # DataLoader of normalised batches `x` or `(x, ...)` in a fixed order, with `len(dl.dataset)`
@@ -227,9 +221,8 @@ def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_
                   ) -> tuple[pd.DataFrame, Path]:
     "Probability maps of DICOMs from a TTA ensemble, streamed into a uint8 `.npy` memory map; returns (ids, its path)."
     models, _, dest, files = _check_models(models), get_tta(tta), _check_dest(dest), dicom_files(src)
-    size, bs, device = _check_pos_int('size', size), _check_pos_int('bs', bs), get_device(device)
-    if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 0:
-        raise ValueError(f"`n_workers` must be an int >= 0, got {n_workers!r}")
+    size, bs, device = check_int('size', size), check_int('bs', bs), get_device(device)
+    check_int('n_workers', n_workers, 0)
     out_hw, ids = _size_pair(out_size, 'out_size'), []
     dl = DataLoader(DicomDataset(files, size), batch_size=bs, num_workers=n_workers, pin_memory=device.type == 'cuda')
     def to_x(batch):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .core import check_float, check_prob
+
 # %% auto #0
 __all__ = ['MODES', 'LOSSES', 'MULTICLASS_LOSSES', 'bce_loss', 'soft_dice_loss', 'focal_loss', 'lovasz_hinge_loss',
            'weighted_bce_loss', 'SegLoss', 'BCELoss', 'WeightedBCELoss', 'DiceLoss', 'FocalLoss', 'LovaszLoss',
@@ -45,10 +47,10 @@ def _flat_pair(logits: Tensor, # N×1×H×W or N×H×W float logits
 
 # %% ../nbs/07_losses.ipynb #59b5b90a
 def _check_nonneg(name: str, v: float | None) -> None:
-    if v is not None and not (isinstance(v, (int, float)) and v >= 0): raise ValueError(f"{name} must be a number ≥ 0, got {v!r}")
+    if v is not None: check_float(name, v, 0)
 
 def _check_prob(name: str, v: float | None) -> None:
-    if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1): raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+    if v is not None: check_prob(name, v)
 
 # %% ../nbs/07_losses.ipynb #500081a9
 def bce_loss(logits: Tensor, # N×1×H×W or N×H×W logits

@@ -14,6 +14,8 @@ import torch
 from fastai.learner import Metric
 from torch import Tensor
 
+from .core import check_int
+
 # %% auto #0
 __all__ = ['dice_per_image', 'kaggle_dice', 'KaggleDice', 'confusion_counts', 'dice_per_slice', 'slice_dice', 'per_class_scores',
            'overall_scores', 'volume_dice', 'MeanClassDice']
@@ -66,7 +68,7 @@ _SUBSETS = {'all': 'kaggle_dice', 'pos': 'dice_pos', 'neg': 'dice_neg'}
 
 def _check_metric_args(threshold: float, min_area: int, subset: str) -> None:
     if not (isinstance(threshold, (int, float)) and 0 < threshold < 1): raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-    if not (isinstance(min_area, (int, np.integer)) and min_area >= 0): raise ValueError(f"min_area must be an int ≥ 0, got {min_area!r}")
+    check_int('min_area', min_area, 0)
     if subset not in _SUBSETS: raise ValueError(f"subset must be one of {', '.join(map(repr, _SUBSETS))}, got {subset!r}")
 
 def _binarize(logits: Tensor, threshold: float, min_area: int) -> Tensor:
@@ -113,9 +115,7 @@ class KaggleDice(Metric):
 # %% ../nbs/08_metrics.ipynb #97061c6e
 def _check_n_classes(n_classes) -> int:
     "`n_classes` as an int ≥ 2, else a `ValueError`."
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise ValueError(f"`n_classes` must be an int ≥ 2, got {n_classes!r}")
-    return int(n_classes)
+    return check_int('n_classes', n_classes, 2)
 
 def _label_batch(x, what: str) -> np.ndarray:
     "A label map H×W or batch N×H×W of class indices as int64 N×H×W, or a `ValueError` naming `what`."

@@ -26,6 +26,7 @@ from safetensors.torch import load_file as load_safetensors
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
 from torch import nn
 
+from .core import check_int
 from .losses import activate, check_mode
 
 # %% auto #0
@@ -225,10 +226,7 @@ def _aux_params(aux: bool, aux_params: dict | None) -> dict | None:
     if aux_params is not None and not isinstance(aux_params, dict): raise ValueError(f"aux_params must be a dict, got {aux_params!r}")
     return {**AUX_PARAMS, **(aux_params or {})} if aux else aux_params
 
-def _check_pos_int(name: str, v) -> int:
-    "`v` if it is a positive int, else a `ValueError` naming the argument."
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
+
 
 def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                 encoder: str = 'resnet34', # an `encoder_names()` entry or 'tu-<timm model>'
@@ -241,7 +239,7 @@ def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                ) -> nn.Module:
     "An smp segmentation model, built offline, with weights from a local file when given."
     cls, path = get_arch(arch), _weights_path(weights)
-    check_encoder(encoder); _check_pos_int('classes', classes); _check_pos_int('in_channels', in_channels)
+    check_encoder(encoder); check_int('classes', classes); check_int('in_channels', in_channels)
     if kwargs.pop('encoder_weights', None) is not None:
         raise ValueError("encoder_weights would download from the hub; pass weights='<local file>' instead")
     model = cls(encoder_name=encoder, encoder_weights=None, classes=classes, in_channels=3 if path else in_channels,

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ComputedRadiographyImageStorage, JPEGBaseline8Bit, generate_uid
 
-from .core import default_workers, write_bytes_atomic
+from .core import check_int, default_workers, write_bytes_atomic
 from .layout import SiimDir
 from .rle import rle_encode
 
@@ -31,11 +31,7 @@ __all__ = ['PTX_DARKENING', 'PTX_LINE', 'POS_RATE', 'MULTI_RATE', 'REPEAT_RATE',
 # %% ../nbs/03_synthetic.ipynb #1f62e861
 _SPLITS = {'train': 1, 'test': 2}  # 0 is kept for the data set plan
 
-def _check_int(name: str, v, lo: int) -> int:
-    "`v` as an int >= `lo`, or a `ValueError` naming the argument."
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
+
 
 def image_rng(seed: int, # data set seed
               split: str, # 'train' or 'test'
@@ -43,7 +39,7 @@ def image_rng(seed: int, # data set seed
              ) -> np.random.Generator:
     "The random generator of one synthetic image, derived from `(seed, split, index)`."
     if split not in _SPLITS: raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-    return np.random.default_rng([_check_int('seed', seed, 0), _SPLITS[split], _check_int('index', index, 0)])
+    return np.random.default_rng([check_int('seed', seed, 0), _SPLITS[split], check_int('index', index, 0)])
 
 # %% ../nbs/03_synthetic.ipynb #96cdbab0
 # control points of the image-left lung (the patient's right), (x, y) fractions, clockwise from the apex
@@ -346,7 +342,7 @@ def synth_cxr(rng: np.random.Generator, # from `image_rng`
               view: str = 'PA', # 'PA' or 'AP' (AP: larger heart, often a PORTABLE label)
              ) -> SynthCxr:
     "A chest-X-ray-like image with `n_regions` pneumothoraces, their masks and the lung fields."
-    size = _check_int('size', size, 64)
+    size = check_int('size', size, 64)
     if n_regions not in (0, 1, 2): raise ValueError(f"n_regions must be 0, 1 or 2, got {n_regions!r}")
     if view not in ('PA', 'AP'): raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
     an = _anatomy(rng, view)
@@ -402,8 +398,8 @@ def plan_mini_siim(n_train: int = 200, # training images
                    seed: int = 0, # data set seed
                   ) -> pd.DataFrame:
     "One row per image of the mini SIIM `make_mini_siim` writes: ids, patient, view and planned pneumothorax regions."
-    n_train, n_test = _check_int('n_train', n_train, 1), _check_int('n_test', n_test, 0)
-    seed = _check_int('seed', seed, 0)
+    n_train, n_test = check_int('n_train', n_train, 1), check_int('n_test', n_test, 0)
+    seed = check_int('seed', seed, 0)
     return pd.concat([_split_plan(seed, 'train', n_train), _split_plan(seed, 'test', n_test)], ignore_index=True)
 
 # %% ../nbs/03_synthetic.ipynb #781c4f78
@@ -514,9 +510,9 @@ def make_mini_siim(dest: str | Path, # folder to write into (created when missin
                    progress: bool = True, # show a progress bar
                   ) -> Path:
     "Write a synthetic SIIM-ACR data set in the Kaggle layout (plus `test-rle-truth.csv`) under `dest`; return `dest`."
-    n_train, n_test = _check_int('n_train', n_train, 1), _check_int('n_test', n_test, 0)
-    size, seed = _check_int('size', size, 64), _check_int('seed', seed, 0)
-    n_workers = default_workers() if n_workers is None else _check_int('n_workers', n_workers, 0)
+    n_train, n_test = check_int('n_train', n_train, 1), check_int('n_test', n_test, 0)
+    size, seed = check_int('size', size, 64), check_int('seed', seed, 0)
+    n_workers = default_workers() if n_workers is None else check_int('n_workers', n_workers, 0)
     dest = _prepare_dest(SiimDir(dest), overwrite)
     plan = plan_mini_siim(n_train, n_test, seed)
     lines = parallel(_make_one, plan.to_dict('records'), dest=dest, size=size, seed=seed, n_workers=n_workers,

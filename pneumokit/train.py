@@ -31,7 +31,7 @@ from .core import (atomic_write, check_bool, check_choice, check_float, check_in
                             seed_everything, write_bytes_atomic)
 from .data import AUG_PRESETS, ShardedDL, set_dls, siim_dataloaders, slice_dataloaders
 from .ddp import barrier, from_rank0, is_main, rank, world_size
-from .layout import CacheDir, FoldDir, RunDir, SliceCacheDir
+from .layout import FoldDir, RunDir, SliceCacheDir
 from .losses import LOSSES, MODES, MULTICLASS_LOSSES, get_loss
 from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
 from .models import AuxHeadLoss, build_model, mean_probs, seg_learner

@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/volumes.html.md"""
 
 # %% ../nbs/20_volumes.ipynb #91ca7c24
 from __future__ import annotations
-import contextlib, json, os, re, tempfile
+import contextlib, os, re, tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,24 +15,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from fastai.data.core import DataLoaders
-from fastai.learner import Learner
 from fastcore.parallel import parallel
 from torch import Tensor, nn
 
-from .core import get_device, seed_everything, write_bytes_atomic
-from .data import _check_codes, _check_pos_int, set_dls, slice_dataloaders
+from .core import check_int, get_device
+from .data import _check_codes
 from .dicom import _write_png
 from .inference import normalise, tta_probs
-from .losses import get_loss
-from .metrics import MeanClassDice, volume_dice
-from .models import _check_models, seg_learner
-from .train import OPTIMIZERS, Recipe, Stage, _fit_stage
+from .layout import SliceCacheDir
+from .metrics import volume_dice
+from .models import _check_models
 
 # %% auto #0
 __all__ = ['SPINE_CODES', 'find_volume_pairs', 'read_volume_pair', 'write_nifti', 'make_synthetic_spine', 'slice_volumes',
-           'read_slice_cache', 'split_cases', 'case_folds', 'volume_learner', 'train_volumes', 'predict_slices',
-           'reassemble', 'predict_volumes', 'case_dice']
+           'read_slice_cache', 'split_cases', 'case_folds', 'predict_slices', 'reassemble', 'predict_volumes',
+           'case_dice']
 
 # %% ../nbs/20_volumes.ipynb #0343f3e5
 SPINE_CODES: list[str] = ['background', 'S', 'L5', 'L4', 'L3', 'L2', 'L1', 'T12', 'T11', 'T10', 'T9',
@@ -190,7 +187,7 @@ def make_synthetic_spine(dest: str | Path, # folder for `MR/Case<i>.nii.gz` and 
                          spacing: tuple[float, float, float] = (1.0, 1.0, 4.0), # voxel size in mm (thick slices)
                         ) -> Path:
     "Write `n_cases` synthetic spine MR volumes with 19 labelled vertebrae and discs in MRSpineSeg's layout; returns `dest`."
-    n_cases, shape, dest = _check_pos_int('n_cases', n_cases), _check_shape(shape), Path(dest)
+    n_cases, shape, dest = check_int('n_cases', n_cases), _check_shape(shape), Path(dest)
     if len(spacing) != 3 or min(spacing) <= 0: raise ValueError(f"`spacing` must be 3 sizes > 0 (mm), got {spacing!r}")
     rng, aff = np.random.default_rng(seed), _spine_affine(shape, spacing)
     for i in range(1, n_cases + 1):
@@ -200,7 +197,7 @@ def make_synthetic_spine(dest: str | Path, # folder for `MR/Case<i>.nii.gz` and 
     return dest
 
 # %% ../nbs/20_volumes.ipynb #3b542e35
-_SLICE_COLS = ['case', 'index', 'image', 'label', 'has_label']
+_SLICE_COLS = ['case', 'index', 'image', 'label', 'has_mask', 'ImageId']
 
 def _window(vol: np.ndarray) -> np.ndarray:
     "The volume as uint8: its 0.5–99.5 percentile range stretched to 0–255."
@@ -222,16 +219,16 @@ def _kept(lab: np.ndarray, axis: int, drop_empty_edges: bool) -> list[int]:
     return list(range(int(idx[0]), int(idx[-1]) + 1))
 
 # %% ../nbs/20_volumes.ipynb #9c0e57c4
-def _slice_case(pair: dict, dest: Path, axis: int, size: int | None, drop_empty_edges: bool, n_classes: int) -> dict:
+def _slice_case(pair: dict, dest: SliceCacheDir, axis: int, size: int | None, drop_empty_edges: bool, n_classes: int) -> dict:
     "Cache one case's slices as PNGs; returns its manifest rows and its metadata."
     case = pair['case']
     img, lab, affine = read_volume_pair(pair['image'], pair['label'], case, n_classes)
     img, keep, rows = _window(img), _kept(lab, axis, drop_empty_edges), []
     for i in keep:
         x, y = _fit(np.take(img, i, axis), size, False), _fit(np.take(lab, i, axis), size, True)
-        ip, lp = dest/'images'/f'{case}_{i:04d}.png', dest/'labels'/f'{case}_{i:04d}.png'
+        ip, lp = dest.image(case, i), dest.label(case, i)
         _write_png(ip, x); _write_png(lp, y)
-        rows.append(dict(case=case, index=i, image=str(ip), label=str(lp), has_label=bool(y.any())))
+        rows.append(dict(case=case, index=i, image=str(ip), label=str(lp), has_mask=bool(y.any()), ImageId=ip.stem))
     meta = dict(case=case, image=str(pair['image']), label=str(pair['label']), shape=list(lab.shape),
                 affine=np.asarray(affine, float).tolist(), axis=axis, size=size, indices=keep)
     return dict(rows=rows, meta=meta)
@@ -244,11 +241,11 @@ def _check_axis(axis) -> int:
 
 def _check_size(size) -> int | None:
     "`size` as an int ≥ 8, or None (keep each slice's shape)."
-    return None if size is None else _check_pos_int('size', size, 8)
+    return None if size is None else check_int('size', size, 8)
 
 # %% ../nbs/20_volumes.ipynb #14ba312c
 def slice_volumes(folder: str | Path | pd.DataFrame, # volume folder (see `find_volume_pairs`), or its output
-                  dest: str | Path, # cache folder: `images/`, `labels/`, `slices.csv`, `cases.json`
+                  dest: str | Path, # cache folder (see `pneumokit.layout.SliceCacheDir`)
                   axis: int = 2, # axis to slice along (2: the sagittal slices of MRSpineSeg's volumes)
                   size: int | None = 256, # side of the square slices; None keeps each slice's own shape
                   drop_empty_edges: bool = False, # leave out the label-free slices at both ends of `axis`
@@ -256,24 +253,19 @@ def slice_volumes(folder: str | Path | pd.DataFrame, # volume folder (see `find_
                   n_workers: int = 0, # processes (0: in this process)
                   progress: bool = False, # show a progress bar
                  ) -> pd.DataFrame:
-    "Cut every case into 2D slices cached as PNGs; one row per slice: `case`, `index`, `image`, `label`, `has_label`."
-    axis, size, codes, dest = _check_axis(axis), _check_size(size), _check_codes(codes), Path(dest)
+    "Cut every case into 2D slices cached as PNGs; one row per slice: `case`, `index`, `image`, `label`, `has_mask`, `ImageId`."
+    axis, size, codes, dest = _check_axis(axis), _check_size(size), _check_codes(codes), SliceCacheDir(dest)
     pairs = folder if isinstance(folder, pd.DataFrame) else find_volume_pairs(folder)
     out = parallel(_slice_case, pairs.to_dict('records'), dest=dest, axis=axis, size=size, n_classes=len(codes),
                    drop_empty_edges=drop_empty_edges, n_workers=n_workers, progress=progress)
     slices = pd.DataFrame([r for o in out for r in o['rows']], columns=_SLICE_COLS)
-    write_bytes_atomic(dest/'slices.csv', slices.to_csv(index=False).encode())
-    meta = dict(codes=codes, cases={o['meta']['case']: o['meta'] for o in out})
-    write_bytes_atomic(dest/'cases.json', json.dumps(meta, indent=1).encode())
-    return slices
+    return dest.write(slices, dict(codes=codes, cases={o['meta']['case']: o['meta'] for o in out}))
 
 def read_slice_cache(dest: str | Path, # a `slice_volumes` cache folder
                     ) -> tuple[pd.DataFrame, dict[str, dict]]:
     "The slice manifest and the per-case metadata (shape, affine, axis, kept indices) of a cache."
-    f, j = Path(dest)/'slices.csv', Path(dest)/'cases.json'
-    for p in (f, j):
-        if not p.is_file(): raise FileNotFoundError(f"{p} not found: is {dest} a `slice_volumes` cache?")
-    return pd.read_csv(f, dtype={'case': str}), json.loads(j.read_text())['cases']
+    slices, meta = SliceCacheDir(dest).read()
+    return slices, meta['cases']
 
 # %% ../nbs/20_volumes.ipynb #1decaa82
 def _cases(slices: pd.DataFrame) -> list[str]:
@@ -304,66 +296,11 @@ def case_folds(slices: pd.DataFrame, # `slice_volumes` output (a `case` column)
                seed: int = 0, # seed of the shuffle: the same seed gives the same folds
               ) -> pd.DataFrame:
     "`slices` with a `fold` column 0..n_splits-1: the cases shuffled and dealt in turn, so folds differ by one case at most."
-    cases, n_splits = _cases(slices), _check_pos_int('n_splits', n_splits, 2)
+    cases, n_splits = _cases(slices), check_int('n_splits', n_splits, 2)
     if n_splits > len(cases): raise ValueError(f"`n_splits`={n_splits} is more than the {len(cases)} cases: every fold needs one")
     order = np.random.default_rng(seed).permutation(len(cases))
     fold_of = {cases[j]: k % n_splits for k, j in enumerate(order)}
     return slices.assign(fold=slices.case.map(fold_of).astype(int))
-
-# %% ../nbs/20_volumes.ipynb #d9297c21
-def _n_codes(dls: DataLoaders) -> int:
-    "The number of classes `MaskBlock(codes)` gave `dls` (fastai's `get_c`, without importing `fastai.vision.learner`)."
-    n = getattr(dls.train.after_item, 'c', 0)
-    if not n: raise ValueError("`dls` carry no mask codes: build them with `pneumokit.data.slice_dataloaders`")
-    return int(n)
-
-# %% ../nbs/20_volumes.ipynb #cec40819
-def volume_learner(dls: DataLoaders, # from `pneumokit.data.slice_dataloaders`
-                   arch: str = 'Unet', # a `pneumokit.models.ARCHS` name
-                   encoder: str = 'resnet18', # an smp encoder name
-                   weights: str | Path | None = None, # local weights file (the encoder starts frozen when given)
-                   loss_func: nn.Module | None = None, # default `get_loss('combo', mode='multiclass')`
-                   model_kwargs: dict | None = None, # more `build_model` arguments (decoder_channels, encoder_depth, ...)
-                   **kwargs, # passed to `seg_learner` / `Learner` (metrics, opt_func, cbs, ...)
-                  ) -> Learner:
-    "A fastai `Learner` on an smp model with one output channel per code, the multi-class 'combo' loss and `MeanClassDice`."
-    n = _n_codes(dls)
-    if (model_kwargs or {}).get('classes', n) != n:
-        raise ValueError(f"model_kwargs classes={model_kwargs['classes']} but the data has {n} codes")
-    kwargs.setdefault('metrics', [MeanClassDice(n)])
-    return seg_learner(dls, arch, encoder, weights, loss_func=loss_func or get_loss('combo', mode='multiclass'),
-                       freeze=weights is not None, model_kwargs={**(model_kwargs or {}), 'classes': n}, **kwargs)
-
-# %% ../nbs/20_volumes.ipynb #c97b5505
-def _check_volume_stage(st: Stage, i: int) -> Stage:
-    "A recipe stage that makes sense on slices; errors name the stage and the field."
-    if st.pos_frac is not None or st.positives_only:
-        raise ValueError(f"stage {i}: pos_frac={st.pos_frac!r}, positives_only={st.positives_only!r} sample SIIM's "
-                         "positive images; slices have no such sampler (use None and False)")
-    try: get_loss(st.loss, mode='multiclass', **st.loss_kwargs)
-    except (KeyError, ValueError, TypeError) as e: raise ValueError(f"stage {i}: {e.args[0] if e.args else e}") from e
-    return st
-
-def train_volumes(recipe: Recipe, # model and stages (see above for the fields used)
-                  slices: pd.DataFrame, # `split_cases` or `case_folds` output (a `fold` column)
-                  codes: Sequence[str] = SPINE_CODES, # class names, background first
-                  fold: int = 0, # validation fold; the others train
-                  n_workers: int = 0, # loader processes
-                  device: str | torch.device | None = None, # default: CUDA when available, else CPU
-                 ) -> Learner:
-    "Train `recipe` on the cases outside fold `fold`, stage by stage, with each stage's multi-class loss; returns the `Learner`."
-    stages, learn = [_check_volume_stage(s, i) for i, s in enumerate(recipe.stages)], None
-    seed_everything(recipe.seed, recipe.deterministic)
-    for st in stages:
-        dls = slice_dataloaders(slices, codes, fold, st.bs, st.size, st.aug, recipe.seed, n_workers, device)
-        if learn is None:
-            learn = volume_learner(dls, recipe.arch, recipe.encoder, recipe.weights, model_kwargs=recipe.model_kwargs,
-                                   freeze_bn=recipe.freeze_bn, opt_func=OPTIMIZERS[recipe.opt])
-        else: set_dls(learn, dls)
-        learn.loss_func = get_loss(st.loss, mode='multiclass', **st.loss_kwargs)
-        learn.freeze() if st.frozen else learn.unfreeze()
-        _fit_stage(learn, st, 0, [], recipe.clip)
-    return learn
 
 # %% ../nbs/20_volumes.ipynb #8a27b4f7
 def _read_slices(paths: Sequence[str]) -> Tensor:
@@ -380,7 +317,7 @@ def predict_slices(models: nn.Module | Sequence[nn.Module], # a trained model or
                    device: str | torch.device | None = None, # default `get_device()`
                   ) -> np.ndarray:
     "Label maps (uint8 N×H×W) of the cached slices: the argmax of the TTA-averaged softmax."
-    device, bs = get_device(device), _check_pos_int('bs', bs)
+    device, bs = get_device(device), check_int('bs', bs)
     models, paths, out = [m.to(device).eval() for m in _check_models(models)], list(slices.image), []
     for i in range(0, len(paths), bs):
         x = normalise(_read_slices(paths[i:i + bs]).to(device))
