@@ -1,4 +1,4 @@
-"""From probability maps to masks: the 1st-place (top, min_area, bottom) triplet, small-component removal, positive-ratio and classifier gates, and an exact vectorised search of the triplet grid on out-of-fold maps.
+"""From probability maps to masks: the 1st-place (top, min_area, bottom) triplet, small-component removal, positive-ratio and classifier gates, an exact vectorised search of their grids on out-of-fold maps, and the threshold rules as values: a registry whose entries apply, stream, search, plot and serialise themselves.
 
 Docs: https://pneumokit.github.io/pneumokit/postprocess.html.md"""
 
@@ -7,17 +7,21 @@ Docs: https://pneumokit.github.io/pneumokit/postprocess.html.md"""
 # %% ../nbs/12_postprocess.ipynb #ebe7a5a5
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import ClassVar
 
 import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['level_cut', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate', 'classifier_gate', 'map_histograms',
-           'grid_scores', 'search_thresholds', 'ratio_grid_scores', 'search_ratio_gate', 'plot_search']
+__all__ = ['THRESHOLD_RULES', 'level_cut', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate', 'classifier_gate',
+           'map_histograms', 'grid_scores', 'search_thresholds', 'ratio_grid_scores', 'search_ratio_gate',
+           'plot_search', 'ThresholdRule', 'TripletRule', 'SingleRule', 'RatioRule', 'classifier_grid_scores',
+           'ClassifierRule', 'get_rule', 'rule_from_dict']
 
 # %% ../nbs/12_postprocess.ipynb #43b4dc8a
 def _check_threshold(t, name: str) -> float:
@@ -260,3 +264,274 @@ def plot_search(results: pd.DataFrame, # from `search_thresholds`
         ax.set(xlabel=k, title=f"{', '.join(f'{o}={best[o]:g}' for o in others)}")
     axs[1].set_ylabel('Dice')
     return fig
+
+# %% ../nbs/12_postprocess.ipynb #211857a6
+_CHECKS = {**dict.fromkeys(('top', 'bottom', 'threshold', 'ratio', 'cls_threshold'), _check_threshold), 'area': _check_area,
+           **dict.fromkeys(('tops', 'bottoms', 'ratios', 'cls_thresholds'), _check_threshold), 'areas': _check_area}
+
+def _plain(v):
+    "A numpy scalar as the Python int/float it holds (JSON-able, and equal to the value it came from)."
+    return v.item() if isinstance(v, np.generic) else v
+
+def _n_maps(maps) -> int:
+    "How many maps an indexable N×H×W array, memmap or list of H×W maps holds, or a `ValueError`."
+    if isinstance(maps, np.ndarray) and maps.ndim != 3: raise ValueError(f"maps must be N×H×W, got shape {maps.shape}")
+    if not (hasattr(maps, '__len__') and hasattr(maps, '__getitem__')):
+        raise ValueError(f"maps must be an indexable N×H×W array, memmap or list of H×W maps, got a {type(maps).__name__}")
+    return len(maps)
+
+def _map(maps, i: int) -> np.ndarray:
+    "Map `i` read on its own (one row of a memmap), checked to be an H×W probability map."
+    m = np.asarray(maps[i])
+    if m.ndim != 2 or (m.dtype != np.uint8 and not np.issubdtype(m.dtype, np.floating)):
+        raise ValueError(f"maps[{i}] must be an H×W map of uint8 (0-255) or float (0-1), got {m.dtype} of shape {m.shape}")
+    return m
+
+def _cls_array(cls_probs) -> np.ndarray:
+    "Image-level probabilities as one float array: an (N,) array, or a list of per-fold arrays concatenated."
+    if not isinstance(cls_probs, (list, tuple)): return np.asarray(cls_probs, float)
+    return np.concatenate([np.atleast_1d(np.asarray(a, float)) for a in cls_probs] or [np.zeros(0)])
+
+# %% ../nbs/12_postprocess.ipynb #bf88a7b4
+class ThresholdRule:
+    "A threshold rule as a value: its parameters, how it binarises maps, and how its grid is searched on out-of-fold maps."
+    name: ClassVar[str]  # registry key, e.g. 'triplet'
+    keys: ClassVar[tuple[str, ...]]  # its parameters, in order
+    grid_keys: ClassVar[tuple[str, ...]]  # the grid fields `search` reads (as a config's `thresholds` names them)
+    needs_cls: ClassVar[bool] = False  # True when it needs image-level classifier probabilities
+    ranks: ClassVar[bool] = False  # True when an image's mask depends on the other images: no `mask` of one map alone
+    _legacy: ClassVar[dict[str, str]] = {}  # parameter -> the key older `thresholds.json` files stored it under
+
+    def __init__(self, **params):
+        if unknown := [k for k in params if k not in self.keys]:
+            raise ValueError(f"the {self.name} rule takes {', '.join(self.keys)}; got an unknown parameter {unknown[0]}={params[unknown[0]]!r}")
+        if missing := [k for k in self.keys if k not in params]:
+            raise ValueError(f"the {self.name} rule needs {', '.join(self.keys)}; missing {missing[0]!r}")
+        for k in self.keys: object.__setattr__(self, k, _CHECKS[k](params[k], k))
+
+    def __setattr__(self, k, v): raise AttributeError(f"{type(self).__name__} is immutable: build a new rule (e.g. with `scaled`)")
+    def __eq__(self, other): return type(other) is type(self) and other.params == self.params
+    def __hash__(self): return hash((self.name, *self.params.values()))
+    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+    @property
+    def params(self) -> dict:
+        "The parameters, in the order of `keys`."
+        return {k: getattr(self, k) for k in self.keys}
+
+    def to_dict(self) -> dict:
+        "`{'rule': name, **params}` with plain floats and ints: what `thresholds.json` stores."
+        return {'rule': self.name, **self.params}
+
+    def describe(self) -> str:
+        "One line, e.g. `triplet: top=0.6, area=500, bottom=0.4`."
+        return f"{self.name}: " + ', '.join(f'{k}={v}' if isinstance(v, int) else f'{k}={v:g}' for k, v in self.params.items())
+
+    def scaled(self, factor: float, # how many times more pixels the maps have (searched at 256², applied at 1024²: 16)
+              ) -> ThresholdRule:
+        "The same rule for maps with `factor` times more pixels: pixel counts scaled and rounded, the rule itself without any."
+        if isinstance(factor, (bool, np.bool_)) or not isinstance(factor, (int, float, np.integer, np.floating)) or not 0 < factor < np.inf:
+            raise ValueError(f"factor must be a positive number, got {factor!r}")
+        areas = {k: int(round(v * factor)) for k, v in self.params.items() if _CHECKS[k] is _check_area}
+        return type(self)(**{**self.params, **areas}) if areas else self
+
+    @classmethod
+    def check_cls_probs(cls, cls_probs, # image-level probabilities (N,), or a list of per-fold arrays; ignored by rules without `needs_cls`
+                        n: int, # the number of images they must cover
+                       ) -> np.ndarray | None:
+        "`cls_probs` as floats `(n,)` for a rule that needs them (None for the others), or a `ValueError`."
+        if not cls.needs_cls: return None
+        if cls_probs is None: raise ValueError(f"the {cls.name} rule needs image-level probabilities: pass cls_probs of shape "
+                                               f"({n},), e.g. the aux head of a model built with aux=True")
+        c = _cls_array(cls_probs)
+        if c.shape != (n,): raise ValueError(f"cls_probs must have shape ({n},), got {c.shape}")
+        if not ((c >= 0) & (c <= 1)).all(): raise ValueError(f"cls_probs must be probabilities in [0, 1], got values from {c.min()} to {c.max()}")
+        return c
+
+# %% ../nbs/12_postprocess.ipynb #8980a1ea
+@patch
+def apply(self: ThresholdRule, probs, # a batch N×H×W or one map H×W: uint8 0-255 or float in [0, 1]
+          cls_probs=None, # image-level probabilities (N,) (one value for one map), for rules with `needs_cls`
+         ) -> np.ndarray:
+    "uint8 0/1 masks of the batch (N×H×W), or the mask of one map (H×W)."
+    probs = _check_probs(probs, 'probs')
+    one = probs.ndim == 2
+    batch = probs[None] if one else probs
+    cls = self.check_cls_probs(None if cls_probs is None else np.ravel(cls_probs) if one else cls_probs, len(batch))
+    masks = self._apply(batch, cls)
+    return masks[0] if one else masks
+
+@patch
+def mask(self: ThresholdRule, prob, # one map H×W: uint8 0-255 or float in [0, 1]
+         cls_prob: float | None = None, # its image-level probability, for rules with `needs_cls`
+        ) -> np.ndarray | None:
+    "The uint8 0/1 mask of one map (a view of a comparison, no further copy), or None when the rule empties it."
+    if self.ranks: raise ValueError(f"the {self.name} rule ranks the images against each other, so one map has no mask alone: use `masks` over all maps")
+    prob = _check_probs(prob)
+    if prob.ndim != 2: raise ValueError(f"prob must be one map H×W, got shape {prob.shape}")
+    c = self.check_cls_probs(None if cls_prob is None else [cls_prob], 1)
+    return self._one(prob, None if c is None else c[0])
+
+@patch
+def masks(self: ThresholdRule, maps, # indexable N×H×W: an array, a memmap (read one map at a time) or a list of H×W maps
+          cls_probs=None, # image-level probabilities (N,), for rules with `needs_cls`
+         ) -> Iterator[np.ndarray | None]:
+    "One H×W uint8 0/1 mask per map, or None when the rule empties it, streamed: never all the maps in memory."
+    n = _n_maps(maps)
+    return self._stream(maps, n, self.check_cls_probs(cls_probs, n))
+
+@patch
+def _stream(self: ThresholdRule, maps, n: int, cls: np.ndarray | None) -> Iterator[np.ndarray | None]:
+    "Each map decided on its own (rules that rank images override this with a first pass)."
+    for i in range(n): yield self._one(_map(maps, i), None if cls is None else cls[i])
+
+# %% ../nbs/12_postprocess.ipynb #2c9c2836
+def _grid_values(rule: type[ThresholdRule], grid) -> dict[str, np.ndarray]:
+    "The checked values of the rule's grid fields, from a mapping (or an object with those attributes, like a config's `thresholds`)."
+    get = grid.get if isinstance(grid, Mapping) else lambda k: getattr(grid, k, None)
+    out = {}
+    for k in rule.grid_keys:
+        if get(k) is None: raise ValueError(f"grid has no {k!r}: the {rule.name} rule searches {', '.join(rule.grid_keys)}")
+        out[k] = _check_grid(get(k), k, _CHECKS[k])
+    return out
+
+@patch(cls_method=True)
+def search(cls: ThresholdRule, probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (memmaps are fine)
+           targs, # 0/1 truth masks N×H×W, or a list, in the same image order
+           grid: Mapping[str, Sequence], # the values to try, under the rule's `grid_keys` (other keys are ignored)
+           cls_probs=None, # image-level probabilities (N,) or a list of per-fold arrays, for rules with `needs_cls`
+          ) -> pd.DataFrame:
+    "Kaggle Dice of the rule at every grid point, best first: columns `keys` + dice, dice_pos, dice_neg, n_pred_pos. One pass over the maps."
+    values = _grid_values(cls, grid)
+    c = cls.check_cls_probs(cls_probs, sum(map(len, _as_list(probs, 'probs'))))
+    return cls._scores(*map_histograms(probs, targs), values, c)
+
+@patch(cls_method=True)
+def best(cls: ThresholdRule, results: pd.DataFrame, # from `search`, best first
+        ) -> ThresholdRule:
+    "The rule of the first (best) row of `search`'s results."
+    if missing := [k for k in cls.keys if k not in results.columns]:
+        raise ValueError(f"results lack the {cls.name} rule's column(s) {missing}; got {list(results.columns)}")
+    if not len(results): raise ValueError("results have no rows")
+    return cls(**{k: _plain(results[k].iloc[0]) for k in cls.keys})
+
+def _plot_lines(results: pd.DataFrame, x: str, by: str, title: str) -> Figure:
+    "Dice against `x`, one line per value of `by`, the best `x` marked (a pyplot-free figure)."
+    if missing := sorted({x, by, 'dice'} - set(results.columns)): raise ValueError(f"results must have columns {x}, {by}, dice; missing {missing}")
+    fig = Figure(figsize=(5, 3), layout='constrained'); ax = fig.subplots()
+    for v, g in results.groupby(by): g = g.sort_values(x); ax.plot(g[x], g.dice, '.-', label=f'{by} {v:g}')
+    ax.axvline(results.loc[results.dice.idxmax(), x], color='r', lw=0.8)
+    ax.set(xlabel=x, ylabel='Dice', title=title); ax.legend(fontsize=7)
+    return fig
+
+@patch(cls_method=True)
+def plot(cls: ThresholdRule, results: pd.DataFrame, # from `search`
+        ) -> Figure:
+    "The search plot: Dice against the first parameter, one line per value of the second."
+    return _plot_lines(results, cls.keys[0], cls.keys[1], f'{cls.name} rule')
+
+# %% ../nbs/12_postprocess.ipynb #8c91e3dc
+class TripletRule(ThresholdRule):
+    "The 1st place's rule, `apply_triplet`: `prob > bottom` where at least `area` pixels are `> top`, else empty."
+    name, keys, grid_keys = 'triplet', ('top', 'area', 'bottom'), ('tops', 'areas', 'bottoms')
+
+    def _apply(self, probs, cls): return apply_triplet(probs, self.top, self.area, self.bottom)
+    def _one(self, m, c):
+        if self.area and np.count_nonzero(_above(m, self.top)) < self.area: return None
+        return _above(m, self.bottom).view(np.uint8)
+
+    @classmethod
+    def _scores(cls, hist, hist_pos, g, cls_probs): return grid_scores(hist, hist_pos, g['tops'], g['areas'], g['bottoms'])
+    @classmethod
+    def plot(cls, results: pd.DataFrame) -> Figure: return plot_search(results)
+
+# %% ../nbs/12_postprocess.ipynb #56799252
+class SingleRule(ThresholdRule):
+    "One threshold and a pixel count (the 34th place): an image is kept when at least `area` pixels are `> threshold`; mask `prob > threshold`."
+    name, keys, grid_keys = 'single', ('threshold', 'area'), ('tops', 'areas')
+    _legacy = {'threshold': 'top'}  # thresholds.json files of the 'single' gate stored top == bottom
+
+    def _apply(self, probs, cls): return apply_triplet(probs, self.threshold, self.area, self.threshold)
+    def _one(self, m, c):
+        above = _above(m, self.threshold)
+        return None if np.count_nonzero(above) < self.area else above.view(np.uint8)
+
+    @classmethod
+    def _scores(cls, hist, hist_pos, g, cls_probs):
+        "The triplets of `tops × areas × tops` whose top equals bottom."
+        res = grid_scores(hist, hist_pos, g['tops'], g['areas'], g['tops'])
+        res = res[res.top == res.bottom].drop(columns='bottom').rename(columns={'top': 'threshold'})
+        return res.reset_index(drop=True)
+
+# %% ../nbs/12_postprocess.ipynb #7334ebfe
+class RatioRule(ThresholdRule):
+    "The 42nd place's gate, `positive_ratio_gate`: of the `prob > bottom` masks, keep the `ratio` of images with the largest areas."
+    name, keys, grid_keys, ranks = 'ratio', ('ratio', 'bottom'), ('ratios', 'bottoms'), True
+
+    def _apply(self, probs, cls):
+        m = apply_triplet(probs, self.bottom, 0, self.bottom)
+        return m * positive_ratio_gate(m, self.ratio)[:, None, None]
+
+    def _stream(self, maps, n, cls):
+        "A first pass counts each map's area above `bottom` to rank the images; the second yields the kept masks."
+        areas = np.array([np.count_nonzero(_above(_map(maps, i), self.bottom)) for i in range(n)], np.int64)
+        keep = positive_ratio_gate(areas, self.ratio)
+        for i in range(n): yield _above(_map(maps, i), self.bottom).view(np.uint8) if keep[i] else None
+
+    @classmethod
+    def _scores(cls, hist, hist_pos, g, cls_probs): return ratio_grid_scores(hist, hist_pos, g['ratios'], g['bottoms'])
+
+# %% ../nbs/12_postprocess.ipynb #65d5b3ca
+def classifier_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map_histograms`
+                           hist_pos: np.ndarray, # (N, 256) level counts over each truth's pixels
+                           cls_probs, # image-level probabilities (N,) of the same images
+                           cls_thresholds: Sequence[float], # classifier thresholds in [0, 1]: images below are emptied
+                           bottoms: Sequence[float], # mask thresholds in [0, 1]
+                          ) -> pd.DataFrame:
+    "Kaggle Dice of `classifier_gate` on `prob > bottom` masks for every (cls_threshold, bottom), best first, from the histograms."
+    cls_thresholds = _check_grid(cls_thresholds, 'cls_thresholds', _check_threshold)
+    bottoms = _check_grid(bottoms, 'bottoms', _check_threshold)
+    cls_probs = np.asarray(cls_probs, float)
+    if cls_probs.shape != (len(hist),): raise ValueError(f"cls_probs must have shape ({len(hist)},), got {cls_probs.shape}")
+    gate = (cls_probs[:, None] >= cls_thresholds).astype(float)  # (N, C): which images each threshold keeps
+    d1, d0, pred = _image_dice(hist, hist_pos, bottoms)
+    pos = d0 == 0
+    scores = {k: _mean_over(gate, d1, d0, r) for k, r in [('dice', np.ones(len(d0), bool)), ('dice_pos', pos), ('dice_neg', ~pos)]}
+    c, b = np.meshgrid(cls_thresholds, bottoms, indexing='ij')
+    df = pd.DataFrame(dict(cls_threshold=c.ravel(), bottom=b.ravel(), **{k: v.ravel() for k, v in scores.items()},
+                           n_pred_pos=(gate.T @ (pred > 0)).ravel().round().astype(int)))
+    return df.sort_values('dice', ascending=False, kind='stable', ignore_index=True)
+
+# %% ../nbs/12_postprocess.ipynb #9a497e41
+class ClassifierRule(ThresholdRule):
+    "`classifier_gate`: images whose image-level probability is below `cls_threshold` are emptied, the others get `prob > bottom`."
+    name, keys, grid_keys, needs_cls = 'classifier', ('cls_threshold', 'bottom'), ('cls_thresholds', 'bottoms'), True
+
+    def _apply(self, probs, cls): return classifier_gate(apply_triplet(probs, self.bottom, 0, self.bottom), cls, self.cls_threshold)
+    def _one(self, m, c): return None if c < self.cls_threshold else _above(m, self.bottom).view(np.uint8)
+
+    @classmethod
+    def _scores(cls, hist, hist_pos, g, cls_probs):
+        return classifier_grid_scores(hist, hist_pos, cls_probs, g['cls_thresholds'], g['bottoms'])
+
+# %% ../nbs/12_postprocess.ipynb #1e05b7df
+THRESHOLD_RULES: dict[str, type[ThresholdRule]] = {r.name: r for r in (TripletRule, SingleRule, RatioRule, ClassifierRule)}
+
+def get_rule(name: str, # a key of `THRESHOLD_RULES`
+            ) -> type[ThresholdRule]:
+    "The rule class registered under `name`, or a `KeyError` listing the valid names."
+    if not isinstance(name, str) or name not in THRESHOLD_RULES:
+        raise KeyError(f"Unknown threshold rule {name!r}; valid: {', '.join(THRESHOLD_RULES)}")
+    return THRESHOLD_RULES[name]
+
+def rule_from_dict(d: Mapping, # `to_dict`'s output or a `thresholds.json`; extra keys (size, dice, ...) are ignored
+                  ) -> ThresholdRule:
+    "The rule a dict describes: its `'rule'` (or the legacy `'gate'`; neither: `'triplet'`) and its parameters."
+    if not isinstance(d, Mapping): raise ValueError(f"d must be a mapping like {{'rule': 'triplet', 'top': 0.6, ...}}, got {type(d).__name__}")
+    rule = get_rule(d.get('rule', d.get('gate', 'triplet')))
+    params = {}
+    for k in rule.keys:
+        src = k if k in d else rule._legacy.get(k, k)
+        if src not in d: raise ValueError(f"the {rule.name} rule needs {k!r}, missing from {sorted(map(str, d))}")
+        params[k] = d[src]
+    return rule(**params)

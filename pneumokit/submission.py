@@ -1,4 +1,4 @@
-"""Turn probability maps or masks into a Kaggle `ImageId,EncodedPixels` CSV (resize to 1024, triplet rule, RLE), streamed and written atomically, and check a submission against the sample before uploading it.
+"""Turn probability maps or masks into a Kaggle `ImageId,EncodedPixels` CSV (resize to 1024, a threshold rule, RLE), streamed and written atomically, and check a submission against the sample before uploading it.
 
 Docs: https://pneumokit.github.io/pneumokit/submission.html.md"""
 
@@ -16,7 +16,7 @@ import pandas as pd
 from fastprogress.fastprogress import progress_bar
 
 from .core import SIIM_SIZE, atomic_write
-from .postprocess import apply_triplet, level_cut, remove_small_components
+from .postprocess import ThresholdRule, TripletRule, apply_triplet, remove_small_components
 from .rle import read_labels, rle_decode, rle_encode
 
 # %% auto #0
@@ -41,29 +41,41 @@ def _resize(m: np.ndarray, size: int, binary: bool) -> np.ndarray:
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST if binary else cv2.INTER_LINEAR)
 
 # %% ../nbs/13_submission.ipynb #2f9d4a9f
-def _triplet(m: np.ndarray, top: float, min_area: int, bottom: float) -> np.ndarray | None:
-    "`apply_triplet(m, top, min_area, bottom)` for one (H, W) map as a 0/1 uint8 view, or `None` when it is empty."
-    t, b = (level_cut(top), level_cut(bottom)) if m.dtype == np.uint8 else (top, bottom)  # u/255 > t <=> u > floor(255 t)
-    if np.count_nonzero(m > t) < min_area: return None
-    return (m > b).view(np.uint8)
+def _as_rule(rule: ThresholdRule | None, top: float | None, min_area: int | None, bottom: float | None) -> ThresholdRule:
+    "`rule`, or the triplet of the shortcut arguments (defaults 0.5, 0 and `top`); a `ValueError` when both are given."
+    if rule is None:
+        top, min_area = 0.5 if top is None else top, 0 if min_area is None else min_area
+        bottom = top if bottom is None else bottom
+        apply_triplet(np.zeros((1, 1), np.uint8), top, min_area, bottom)  # check them under the names the caller used
+        return TripletRule(top=top, area=min_area, bottom=bottom)
+    if not isinstance(rule, ThresholdRule): raise ValueError(f"rule must be a ThresholdRule, e.g. TripletRule(top=0.75, area=1500, bottom=0.3); got {rule!r}")
+    if given := [f'{k}={v!r}' for k, v in dict(top=top, min_area=min_area, bottom=bottom).items() if v is not None]:
+        raise ValueError(f"give either rule or top/min_area/bottom, not both: got rule {rule.describe()!r} and {', '.join(given)}")
+    return rule
+
+def _encode(mask: np.ndarray | None, min_size: int) -> str:
+    "The RLE of a mask (None: emptied) after dropping the components smaller than `min_size` pixels."
+    if mask is None: return '-1'
+    if min_size > 0: mask = remove_small_components(mask, min_size)
+    return rle_encode(mask)
 
 # %% ../nbs/13_submission.ipynb #d2ce6baa
 def encode_map(m: np.ndarray, # (H, W) probability map (uint8 0-255 / float 0-1) or mask (bool, or any dtype with `binary=True`)
-               top: float = 0.5, # a map is kept only if >= `min_area` pixels exceed `top` (probability, 0-1)
-               min_area: int = 0, # pixels at `size` x `size` (i.e. at 1024) above `top` needed to keep the map
-               bottom: float | None = None, # binarisation threshold of kept maps; default `top`
+               top: float | None = None, # triplet shortcut: a map is kept only if >= `min_area` pixels exceed `top` (default 0.5)
+               min_area: int | None = None, # triplet shortcut: pixels at `size` x `size` (i.e. at 1024) above `top` (default 0)
+               bottom: float | None = None, # triplet shortcut: binarisation threshold of kept maps; default `top`
+               rule: ThresholdRule | None = None, # or a rule deciding each map alone, areas in pixels at `size`
+               cls_prob: float | None = None, # the map's image-level probability, for a rule with `needs_cls`
                min_size: int = 0, # then drop connected components smaller than this (pixels at `size`); 0: keep all
                binary: bool | None = None, # None: bool maps are masks, others probabilities; True/False: force
                size: int = SIIM_SIZE, # output side in pixels
               ) -> str:
-    "The Kaggle RLE of one map after resizing to `size` and binarising it (triplet rule for probabilities)."
+    "The Kaggle RLE of one map after resizing it to `size` and binarising it with the rule (probabilities only)."
+    rule = _as_rule(rule, top, min_area, bottom)
     is_mask = m.dtype == bool if binary is None else binary
     m = _resize(m, size, is_mask)
     if is_mask: return rle_encode(m)
-    mask = _triplet(m, top, min_area, top if bottom is None else bottom)
-    if mask is None: return '-1'
-    if min_size > 0: mask = remove_small_components(mask, min_size)
-    return rle_encode(mask)
+    return _encode(rule.mask(m, cls_prob), min_size)
 
 # %% ../nbs/13_submission.ipynb #fd18e0b5
 def _check_ids(ids) -> list[str]:
@@ -95,27 +107,49 @@ def _maps(probs_or_masks, n: int) -> Iterator[np.ndarray]:
         except StopIteration: raise ValueError(f"probs_or_masks ran out after {i} maps; there are {n} ids") from None
     if next(it, None) is not None: raise ValueError(f"probs_or_masks has more maps than the {n} ids")
 
+# %% ../nbs/13_submission.ipynb #be487abb
+def _indexable(maps, n: int):
+    "`maps` when it can be read twice, by index (array, memmap, list), and holds `n` maps; else a `ValueError`."
+    if isinstance(maps, np.ndarray) and maps.ndim != 3:
+        raise ValueError(f"probs_or_masks must be (N, H, W) or a list of (H, W) maps, got shape {maps.shape}")
+    if not (hasattr(maps, '__len__') and hasattr(maps, '__getitem__')):
+        raise ValueError(f"a rule that ranks the maps reads them twice: pass an (N, H, W) array, memmap or list of maps, "
+                         f"not a one-shot {type(maps).__name__}")
+    if len(maps) != n: raise ValueError(f"probs_or_masks has {len(maps)} maps but there are {n} ids")
+    return maps
+
+def _rles(probs_or_masks, n: int, rule: ThresholdRule, cls: np.ndarray | None, min_size: int, binary: bool | None,
+          size: int) -> Iterator[str]:
+    "Each map's RLE: a rule that ranks the maps sees them all first, then its masks are resized; others see each resized map."
+    if rule.ranks and binary is not True:
+        masks = rule.masks(_indexable(probs_or_masks, n), cls)
+        return (_encode(None if k is None else _resize(k, size, True), min_size) for k in masks)
+    cs = [None] * n if cls is None else cls
+    return (encode_map(m, rule=rule, cls_prob=c, min_size=min_size, binary=binary, size=size)
+            for m, c in zip(_maps(probs_or_masks, n), cs))
+
 # %% ../nbs/13_submission.ipynb #c1a22c58
 def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, W) array/memmap or iterable of (H, W) maps
                     ids: Sequence[str], # ImageId of each map, in order
                     path: str | Path, # CSV to write (replaced atomically)
-                    top: float = 0.5, # triplet: keep a map only if >= `min_area` pixels exceed `top` (0-1)
-                    min_area: int = 0, # triplet: pixels counted at 1024x1024 (after resizing)
-                    bottom: float | None = None, # triplet: binarisation threshold of kept maps; default `top`
+                    top: float | None = None, # triplet shortcut: keep a map only if >= `min_area` pixels exceed `top` (default 0.5)
+                    min_area: int | None = None, # triplet shortcut: pixels counted at 1024x1024, after resizing (default 0)
+                    bottom: float | None = None, # triplet shortcut: binarisation threshold of kept maps; default `top`
+                    rule: ThresholdRule | None = None, # or any rule (e.g. `rule_from_dict(thresholds)`), areas in pixels at `size`
+                    cls_probs: Sequence[float] | None = None, # image-level probabilities (N,), for a rule with `needs_cls`
                     min_size: int = 0, # drop connected components smaller than this (pixels at 1024); 0: keep all
                     binary: bool | None = None, # None: bool maps are masks, others probabilities; True/False: force
                     sample: str | Path | pd.DataFrame | None = None, # sample submission to validate against first
                     size: int = SIIM_SIZE, # side of the submitted masks
                     progress: bool = True, # show a progress bar
                    ) -> Path:
-    "Encode every map (resize to `size`, triplet rule, RLE) and write `ImageId,EncodedPixels` to `path` atomically."
+    "Encode every map (resize to `size`, threshold rule, RLE) and write `ImageId,EncodedPixels` to `path` atomically."
     ids = _check_ids(ids)
-    z = np.zeros((1, 1), np.uint8)  # validate the thresholds before any work, with postprocess's own messages
-    apply_triplet(z, top, min_area, top if bottom is None else bottom), remove_small_components(z, min_size)
-    maps = _maps(probs_or_masks, len(ids))
-    if progress: maps = progress_bar(maps, total=len(ids), leave=False)  # not even built when off: it prints a glyph
-    rles = [encode_map(m, top, min_area, bottom, min_size, binary, size) for m in maps]
-    sub = pd.DataFrame({'ImageId': ids, 'EncodedPixels': rles})
+    rule = _as_rule(rule, top, min_area, bottom)  # every argument is checked before any work
+    remove_small_components(np.zeros((1, 1), np.uint8), min_size)
+    rles = _rles(probs_or_masks, len(ids), rule, rule.check_cls_probs(cls_probs, len(ids)), min_size, binary, size)
+    if progress: rles = progress_bar(rles, total=len(ids), leave=False)  # not even built when off: it prints a glyph
+    sub = pd.DataFrame({'ImageId': ids, 'EncodedPixels': list(rles)})
     if sample is not None: validate_submission(sub, sample, size=size)
     with atomic_write(path, 'w', newline='') as f: sub.to_csv(f, index=False)
     return Path(path)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .metrics import dice_per_image, kaggle_dice
-from .postprocess import apply_triplet
+from .postprocess import TripletRule
 
 # %% auto #0
 __all__ = ['PALETTE', 'WORST_KINDS', 'overlay_rgb', 'plot_overlays', 'worst_images', 'gallery', 'plot_history', 'explorer_state',
@@ -209,13 +209,13 @@ def _scores(masks: np.ndarray, truths: np.ndarray) -> dict:
 # %% ../nbs/14_viz.ipynb #9aac6c13
 def explorer_state(probs, # probability maps N×H×W: float in [0, 1] or uint8 0-255
                    truths, # true masks N×H×W, bool or 0/1
-                   top: float, # gate threshold (see `apply_triplet`)
+                   top: float, # gate threshold (see `TripletRule`)
                    area: int, # minimum pixels above `top` of a positive image
                    bottom: float, # mask threshold of positive images
                   ) -> dict:
     "What a slider change computes: `dice` (= `kaggle_dice`), `dice_pos`, `dice_neg` (nan without such images), `n_pred_pos`."
     probs, truths = _check_probs_truths(probs, truths)
-    return _scores(apply_triplet(probs, top, area, bottom), truths)
+    return _scores(TripletRule(top=top, area=area, bottom=bottom).apply(probs), truths)
 
 # %% ../nbs/14_viz.ipynb #2ac84853
 def _default_show(truths: np.ndarray, n: int) -> np.ndarray:
@@ -270,6 +270,12 @@ def triplet(self: ThresholdExplorer) -> tuple[float, int, float]:
     return float(self.top.value), int(self.area.value), float(self.bottom.value)
 
 @patch
+def rule(self: ThresholdExplorer) -> TripletRule:
+    "The sliders' current triplet as a rule (to apply elsewhere, save with `to_dict` or submit with)."
+    top, area, bottom = self.triplet()
+    return TripletRule(top=top, area=area, bottom=bottom)
+
+@patch
 def update(self: ThresholdExplorer, change=None):
     "Recompute the scores and the overlays for the sliders' values (called on every slider change)."
     self.state = state = explorer_state(self.probs, self.truths, *self.triplet())
@@ -282,7 +288,7 @@ def update(self: ThresholdExplorer, change=None):
 def render(self: ThresholdExplorer) -> bytes:
     "PNG of the overlays of the shown images under the current triplet, titled with id and Dice."
     i = self.show
-    masks = apply_triplet(self.probs[i], *self.triplet())
+    masks = self.rule().apply(self.probs[i])
     names = [_short(str(self.ids[j])) if self.ids is not None else f'#{j}' for j in i]
     dice = dice_per_image(masks, self.truths[i])
     fig = plot_overlays(self.images[i], masks, self.truths[i], [f'{n}\nDice {d:.2f}' for n, d in zip(names, dice)])
