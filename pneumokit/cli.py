@@ -202,8 +202,9 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
            out_size: int = 1024, # side of the submitted masks
           ) -> Path:
     "Binarise the maps with the searched (or given) rule, RLE-encode, validate and write the submission."
-    path = pipeline.submit(_existing(probs, 'probability maps'), dest, _cli_rule(thresholds, top, area, bottom),
-                           _existing(sample, 'sample submission') if sample else None, out_size=out_size)
+    rule = _cli_rule(thresholds, top, area, bottom)
+    path = pipeline.submit(_existing(probs, 'probability maps'), dest, rule, _existing(sample, 'sample submission') if sample else None,
+                           out_size=out_size)
     sub = pd.read_csv(path)
     print(f"{len(sub)} rows, {(sub.EncodedPixels.astype(str).str.strip() != '-1').sum()} with a mask -> {path}")
     return path

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from .config import Config
-from .core import default_workers, write_bytes_atomic
+from .core import check_int, default_workers, write_bytes_atomic
 from .folds import load_folds
 from .layout import CacheDir, RunDir
 from .pipeline import as_config
@@ -25,8 +25,7 @@ __all__ = ['accelerate_config', 'train_folds_parallel']
 
 # %% ../nbs/21_distributed.ipynb #1553d2f1
 def _check_machines(num_machines: int, machine_rank: int, main_process_ip: str | None):
-    if isinstance(num_machines, bool) or not isinstance(num_machines, int) or num_machines < 1:
-        raise ValueError(f"num_machines must be an int >= 1, got {num_machines!r}")
+    check_int('num_machines', num_machines)
     if not (isinstance(machine_rank, int) and 0 <= machine_rank < num_machines):
         raise ValueError(f"machine_rank must be in [0, {num_machines}), got {machine_rank!r}")
     if num_machines > 1 and not main_process_ip:
@@ -54,7 +53,7 @@ def _slots(gpus: Sequence[int] | None, n_procs: int | None) -> list[dict]:
     "One environment per concurrent fold: its GPU (`CUDA_VISIBLE_DEVICES`, none on a CPU) and its share of the threads."
     gpus = list(range(torch.cuda.device_count())) if gpus is None else [int(g) for g in gpus]
     n = n_procs or len(gpus) or 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"n_procs must be an int >= 1, got {n_procs!r}")
+    check_int('n_procs', n)
     threads = os.environ.get('OMP_NUM_THREADS', str(max(1, default_workers() // n)))
     return [dict(CUDA_VISIBLE_DEVICES=str(gpus[i % len(gpus)]) if gpus else '', OMP_NUM_THREADS=threads) for i in range(n)]
 

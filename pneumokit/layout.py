@@ -44,6 +44,10 @@ class _Owner:
     def write_json(self, path: Path, obj) -> Path: return self.write_bytes(path, json.dumps(obj, indent=1).encode())
     def write_csv(self, path: Path, df: pd.DataFrame) -> Path: return self.write_bytes(path, df.to_csv(index=False).encode())
 
+def _file(name: str) -> property:
+    "A property: the path of the file (or folder) `name` in the owner's folder."
+    return property(lambda self: self.root/name, doc=f"`<root>/{name}`")
+
 def _read_json(path: Path, what: str):
     if not path.is_file(): raise FileNotFoundError(f"{path} not found: {what}")
     try: return json.loads(path.read_text())
@@ -52,11 +56,11 @@ def _read_json(path: Path, what: str):
 # %% ../nbs/00b_layout.ipynb #1a0b0041
 class SiimDir(_Owner):
     "A SIIM-ACR data folder in Kaggle's layout: DICOM folders, `train-rle.csv`, `sample_submission.csv` (+ the synthetic test truth)."
-    train_labels = property(lambda self: self.root/'train-rle.csv')
-    train_dicoms = property(lambda self: self.root/'dicom-images-train')
-    test_dicoms = property(lambda self: self.root/'dicom-images-test')
-    sample_submission = property(lambda self: self.root/'sample_submission.csv')
-    test_truth = property(lambda self: self.root/'test-rle-truth.csv')  # the synthetic set's only: not in Kaggle's layout
+    train_labels = _file('train-rle.csv')
+    train_dicoms = _file('dicom-images-train')
+    test_dicoms = _file('dicom-images-test')
+    sample_submission = _file('sample_submission.csv')
+    test_truth = _file('test-rle-truth.csv')  # the synthetic set's only: not in Kaggle's layout
 
     def dicoms(self, split: str) -> Path:
         "The DICOM folder of `split` ('train' or 'test')."
@@ -66,8 +70,7 @@ class SiimDir(_Owner):
 # %% ../nbs/00b_layout.ipynb #1a0b0009
 class CacheDir(_Owner):
     "A PNG cache of 2D images: `<root>/<size>/images/<ImageId>.png`, `<root>/<size>/masks/<ImageId>.png` (0/255), `manifest.csv`."
-    @property
-    def manifest(self) -> Path: return self.root/'manifest.csv'
+    manifest = _file('manifest.csv')
     def images(self, size: int) -> Path: return self.root/str(int(size))/'images'
     def masks(self, size: int) -> Path: return self.root/str(int(size))/'masks'
     def image(self, size: int, image_id: str) -> Path: return self.images(size)/f'{image_id}.png'
@@ -114,10 +117,8 @@ CacheDir.read_masks, CacheDir.read_images = _cache_read_masks, _cache_read_image
 # %% ../nbs/00b_layout.ipynb #1a0b0014
 class SliceCacheDir(_Owner):
     "A cache of volume slices: `images/<case>_<index>.png`, `labels/<case>_<index>.png`, `slices.csv`, `cases.json`."
-    @property
-    def manifest(self) -> Path: return self.root/'slices.csv'
-    @property
-    def cases_file(self) -> Path: return self.root/'cases.json'
+    manifest = _file('slices.csv')
+    cases_file = _file('cases.json')
     def image(self, case: str, index: int) -> Path: return self.root/'images'/f'{case}_{int(index):04d}.png'
     def label(self, case: str, index: int) -> Path: return self.root/'labels'/f'{case}_{int(index):04d}.png'
 
@@ -142,12 +143,12 @@ class FoldDir(_Owner):
         super().__init__(root, main)
         m = _FOLD.fullmatch(self.root.name)
         self.k = int(k) if k is not None else int(m.group(1)) if m else None
-    state = property(lambda self: self.root/'state.json')
-    history = property(lambda self: self.root/'history.csv')
-    summary = property(lambda self: self.root/'summary.json')
-    oof_maps = property(lambda self: self.root/'oof.npy')
-    oof_ids = property(lambda self: self.root/'oof_ids.csv')
-    tensorboard = property(lambda self: self.root/'tb')
+    state = _file('state.json')
+    history = _file('history.csv')
+    summary = _file('summary.json')
+    oof_maps = _file('oof.npy')
+    oof_ids = _file('oof_ids.csv')
+    tensorboard = _file('tb')
 
     @staticmethod
     def last_name(stage: int, epoch: int) -> str: return f'last_s{stage}_e{epoch}.pth'
@@ -185,14 +186,14 @@ _HAVING = dict(state=lambda f: f.started, summary=lambda f: f.finished, oof=lamb
 
 class RunDir(_Owner):
     "A run folder: `config.yaml`, `run.json`, `summary.csv`, `fold<k>/`, and the search and prediction outputs."
-    config = property(lambda self: self.root/'config.yaml')
-    info = property(lambda self: self.root/'run.json')
-    summary = property(lambda self: self.root/'summary.csv')
-    thresholds = property(lambda self: self.root/'thresholds.json')
-    thresholds_table = property(lambda self: self.root/'thresholds.csv')
-    search_plot = property(lambda self: self.root/'search.png')
-    test_probs = property(lambda self: self.root/'test_probs.npy')
-    parallel = property(lambda self: self.root/'parallel')  # fold-parallel runs: one log per fold
+    config = _file('config.yaml')
+    info = _file('run.json')
+    summary = _file('summary.csv')
+    thresholds = _file('thresholds.json')
+    thresholds_table = _file('thresholds.csv')
+    search_plot = _file('search.png')
+    test_probs = _file('test_probs.npy')
+    parallel = _file('parallel')  # fold-parallel runs: one log per fold
 
     def parallel_log(self, k: int) -> Path: return self.parallel/f'fold{int(k)}.log'
 
@@ -280,12 +281,12 @@ RunDir.load_oof, RunDir.oof_truths = _run_load_oof, _run_oof_truths
 # %% ../nbs/00b_layout.ipynb #1a0b0044
 class ReportDir(_Owner):
     "The report folder of `pneumokit demo`: `report.md`, the audit, EDA figures, curves, search plot, gallery, submission."
-    markdown = property(lambda self: self.root/'report.md')
-    audit = property(lambda self: self.root/'audit.csv')
-    figures = property(lambda self: self.root/'figures')
-    search_plot = property(lambda self: self.root/'search.png')
-    gallery = property(lambda self: self.root/'gallery.png')
-    submission = property(lambda self: self.root/'submission.csv')
+    markdown = _file('report.md')
+    audit = _file('audit.csv')
+    figures = _file('figures')
+    search_plot = _file('search.png')
+    gallery = _file('gallery.png')
+    submission = _file('submission.csv')
     def curves(self, k: int) -> Path: return self.root/f'curves_fold{int(k)}.png'
 
 # %% ../nbs/00b_layout.ipynb #1a0b0035

@@ -17,6 +17,8 @@ import pandas as pd
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 
+from .core import check_int, check_prob
+
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'level_cut', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate', 'classifier_gate',
            'map_histograms', 'grid_scores', 'search_thresholds', 'ratio_grid_scores', 'search_ratio_gate',
@@ -24,15 +26,8 @@ __all__ = ['THRESHOLD_RULES', 'level_cut', 'apply_triplet', 'remove_small_compon
            'ClassifierRule', 'get_rule', 'rule_from_dict']
 
 # %% ../nbs/12_postprocess.ipynb #43b4dc8a
-def _check_threshold(t, name: str) -> float:
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0 <= t <= 1:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {t!r}")
-    return float(t)
-
-def _check_area(a, name: str) -> int:
-    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)) or a < 0:
-        raise ValueError(f"{name} must be an int ≥ 0 (pixels), got {a!r}")
-    return int(a)
+def _check_threshold(t, name: str) -> float: return check_prob(name, t)
+def _check_area(a, name: str) -> int: return check_int(name, a, 0)  # pixels
 
 def level_cut(t: float, # threshold in [0, 1]
              ) -> int:
@@ -202,7 +197,7 @@ def grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map
     return df.sort_values('dice', ascending=False, kind='stable', ignore_index=True)
 
 # %% ../nbs/12_postprocess.ipynb #f04f8874
-def search_thresholds(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (e.g. from `load_oof`)
+def search_thresholds(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (e.g. from `RunDir.load_oof`)
                       targs, # 0/1 truth masks N×H×W, or a list, in the same image order
                       tops: Sequence[float], # gate thresholds in [0, 1]
                       areas: Sequence[int], # minimum areas of a positive image
@@ -300,7 +295,7 @@ class ThresholdRule:
     grid_keys: ClassVar[tuple[str, ...]]  # the grid fields `search` reads (as a config's `thresholds` names them)
     needs_cls: ClassVar[bool] = False  # True when it needs image-level classifier probabilities
     ranks: ClassVar[bool] = False  # True when an image's mask depends on the other images: no `mask` of one map alone
-    _legacy: ClassVar[dict[str, str]] = {}  # parameter -> the key older `thresholds.json` files stored it under
+    _legacy: ClassVar[dict[str, str]] = {}  # parameter -> the key older saved rules (`RunDir.thresholds`) stored it under
 
     def __init__(self, **params):
         if unknown := [k for k in params if k not in self.keys]:
@@ -320,7 +315,7 @@ class ThresholdRule:
         return {k: getattr(self, k) for k in self.keys}
 
     def to_dict(self) -> dict:
-        "`{'rule': name, **params}` with plain floats and ints: what `thresholds.json` stores."
+        "`{'rule': name, **params}` with plain floats and ints: what a run saves as its rule (`RunDir.thresholds`)."
         return {'rule': self.name, **self.params}
 
     def describe(self) -> str:
@@ -449,7 +444,7 @@ class TripletRule(ThresholdRule):
 class SingleRule(ThresholdRule):
     "One threshold and a pixel count (the 34th place): an image is kept when at least `area` pixels are `> threshold`; mask `prob > threshold`."
     name, keys, grid_keys = 'single', ('threshold', 'area'), ('tops', 'areas')
-    _legacy = {'threshold': 'top'}  # thresholds.json files of the 'single' gate stored top == bottom
+    _legacy = {'threshold': 'top'}  # saved rules of the old 'single' gate stored top == bottom
 
     def _apply(self, probs, cls): return apply_triplet(probs, self.threshold, self.area, self.threshold)
     def _one(self, m, c):
@@ -472,11 +467,15 @@ class RatioRule(ThresholdRule):
         m = apply_triplet(probs, self.bottom, 0, self.bottom)
         return m * positive_ratio_gate(m, self.ratio)[:, None, None]
 
-    def _stream(self, maps, n, cls):
-        "A first pass counts each map's area above `bottom` to rank the images; the second yields the kept masks."
+    def selection(self, maps, n: int) -> tuple[np.ndarray, ThresholdRule]:
+        "Which of the `n` maps are kept (one pass counting each map's area above `bottom`), and the rule for each kept map."
         areas = np.array([np.count_nonzero(_above(_map(maps, i), self.bottom)) for i in range(n)], np.int64)
-        keep = positive_ratio_gate(areas, self.ratio)
-        for i in range(n): yield _above(_map(maps, i), self.bottom).view(np.uint8) if keep[i] else None
+        return positive_ratio_gate(areas, self.ratio), SingleRule(threshold=self.bottom, area=0)
+
+    def _stream(self, maps, n, cls):
+        "The kept images (a first pass), then each kept map binarised at `bottom`."
+        keep, each = self.selection(maps, n)
+        for i in range(n): yield each.mask(_map(maps, i)) if keep[i] else None
 
     @classmethod
     def _scores(cls, hist, hist_pos, g, cls_probs): return ratio_grid_scores(hist, hist_pos, g['ratios'], g['bottoms'])
@@ -524,7 +523,7 @@ def get_rule(name: str, # a key of `THRESHOLD_RULES`
         raise KeyError(f"Unknown threshold rule {name!r}; valid: {', '.join(THRESHOLD_RULES)}")
     return THRESHOLD_RULES[name]
 
-def rule_from_dict(d: Mapping, # `to_dict`'s output or a `thresholds.json`; extra keys (size, dice, ...) are ignored
+def rule_from_dict(d: Mapping, # `to_dict`'s output or a run's saved rule; extra keys (size, dice, ...) are ignored
                   ) -> ThresholdRule:
     "The rule a dict describes: its `'rule'` (or the legacy `'gate'`; neither: `'triplet'`) and its parameters."
     if not isinstance(d, Mapping): raise ValueError(f"d must be a mapping like {{'rule': 'triplet', 'top': 0.6, ...}}, got {type(d).__name__}")

@@ -120,10 +120,12 @@ def _indexable(maps, n: int):
 
 def _rles(probs_or_masks, n: int, rule: ThresholdRule, cls: np.ndarray | None, min_size: int, binary: bool | None,
           size: int) -> Iterator[str]:
-    "Each map's RLE: a rule that ranks the maps sees them all first, then its masks are resized; others see each resized map."
+    "Each map's RLE at `size`: a rule that ranks the maps first selects the kept ones (at the maps' own size)."
     if rule.ranks and binary is not True:
-        masks = rule.masks(_indexable(probs_or_masks, n), cls)
-        return (_encode(None if k is None else _resize(k, size, True), min_size) for k in masks)
+        maps = _indexable(probs_or_masks, n)
+        keep, each = rule.selection(maps, n)
+        return ('-1' if not k else encode_map(_check_map(m, i), rule=each, min_size=min_size, size=size)
+                for i, (m, k) in enumerate(zip(maps, keep)))
     cs = [None] * n if cls is None else cls
     return (encode_map(m, rule=rule, cls_prob=c, min_size=min_size, binary=binary, size=size)
             for m, c in zip(_maps(probs_or_masks, n), cs))

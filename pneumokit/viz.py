@@ -172,7 +172,7 @@ def _stage_starts(stage: pd.Series) -> list[int]:
     return [i for i in range(1, len(stage)) if stage.iloc[i] != stage.iloc[i - 1]]
 
 # %% ../nbs/14_viz.ipynb #58edaf08
-def plot_history(history: str | Path | pd.DataFrame, # a fold's `history.csv` or its DataFrame
+def plot_history(history: str | Path | pd.DataFrame, # a fold's history file (`FoldDir.history`) or its DataFrame
                  title: str | None = None, # figure title
                 ) -> Figure:
     "Losses (left) and Dice metrics (right) per epoch of the whole run, dashed lines at stage boundaries."
