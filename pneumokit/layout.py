@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import yaml
+from fastcore.basics import patch
 
 from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
@@ -90,29 +91,30 @@ def _read_png(path: Path, what: str) -> np.ndarray:
     if a is None: raise FileNotFoundError(f"cannot read the cached {what} {path}")
     return a
 
-def _cache_require(self: CacheDir, size: int) -> Path:
+@patch
+def require(self: CacheDir, size: int) -> Path:
     "The folder of `size`, or a `FileNotFoundError` listing the sizes that are cached."
     if not self.images(size).is_dir():
         raise FileNotFoundError(f"No cache at size {size}: {self.images(size)} is missing (sizes cached in {self.root}: "
                                 f"{self.sizes() or 'none'})")
     return self.images(size).parent
 
-def _cache_missing(self: CacheDir, size: int, ids: Sequence[str], masks: bool = False) -> list[str]:
+@patch
+def missing(self: CacheDir, size: int, ids: Sequence[str], masks: bool = False) -> list[str]:
     "The ids without an image (or mask) PNG at `size`, in the order given."
     have = {p.stem for p in (self.masks(size) if masks else self.images(size)).glob('*.png')}
     return [i for i in ids if i not in have]
 
-def _cache_read_masks(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
+@patch
+def read_masks(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
     "The 0/1 uint8 masks of `ids` at `size`, stacked N×size×size in the order given."
     return np.stack([_read_png(self.mask(size, i), f'mask of {i}') > 127 for i in ids]).astype(np.uint8) if len(ids) \
         else np.zeros((0, size, size), np.uint8)
 
-def _cache_read_images(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
+@patch
+def read_images(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
     "The grey uint8 images of `ids` at `size`, stacked N×size×size in the order given."
     return np.stack([_read_png(self.image(size, i), f'image of {i}') for i in ids]) if len(ids) else np.zeros((0, size, size), np.uint8)
-
-CacheDir.require, CacheDir.missing = _cache_require, _cache_missing
-CacheDir.read_masks, CacheDir.read_images = _cache_read_masks, _cache_read_images
 
 # %% ../nbs/00b_layout.ipynb #1a0b0014
 class SliceCacheDir(_Owner):
@@ -168,17 +170,17 @@ class FoldDir(_Owner):
     finished = property(lambda self: self.summary.is_file(), doc="Whether the fold finished (its summary is written).")
 
 # %% ../nbs/00b_layout.ipynb #1a0b0018
-def _fold_read_summary(self: FoldDir) -> dict: return _read_json(self.summary, f"fold {self.k} has not finished")
+@patch
+def read_summary(self: FoldDir) -> dict: return _read_json(self.summary, f"fold {self.k} has not finished")
 
-def _fold_load_oof(self: FoldDir) -> tuple[pd.DataFrame, np.ndarray]:
+@patch
+def load_oof(self: FoldDir) -> tuple[pd.DataFrame, np.ndarray]:
     "The fold's out-of-fold ids (with a `fold` column) and its memory-mapped uint8 maps."
     for f in (self.oof_maps, self.oof_ids):
         if not f.is_file(): raise FileNotFoundError(f"{f} not found: fold {self.k} has no out-of-fold maps")
     ids, maps = pd.read_csv(self.oof_ids).assign(fold=self.k), np.load(self.oof_maps, mmap_mode='r')
     if len(ids) != len(maps): raise ValueError(f"{self.oof_ids} lists {len(ids)} images but {self.oof_maps} holds {len(maps)} maps")
     return ids, maps
-
-FoldDir.read_summary, FoldDir.load_oof = _fold_read_summary, _fold_load_oof
 
 # %% ../nbs/00b_layout.ipynb #1a0b0020
 _HAVING = dict(state=lambda f: f.started, summary=lambda f: f.finished, oof=lambda f: f.oof_maps.is_file(),
@@ -211,7 +213,8 @@ class RunDir(_Owner):
 # %% ../nbs/00b_layout.ipynb #1a0b0023
 def _yaml_form(d: dict) -> dict: return yaml.safe_load(yaml.safe_dump(d, sort_keys=False))
 
-def _run_read_config(self: RunDir) -> dict:
+@patch
+def read_config(self: RunDir) -> dict:
     "The run's saved config as plain YAML data."
     if not self.config.is_file(): raise FileNotFoundError(f"{self.config} not found: is {self.root} a run folder written by `pneumokit train`?")
     try: d = yaml.safe_load(self.config.read_text())
@@ -219,7 +222,8 @@ def _run_read_config(self: RunDir) -> dict:
     if not isinstance(d, dict): raise ValueError(f"{self.config}: expected a mapping of config sections, got {type(d).__name__}")
     return d
 
-def _run_start(self: RunDir, spec: dict, # config sections (e.g. `Config.to_dict()` or `Recipe.to_dict()`)
+@patch
+def start(self: RunDir, spec: dict, # config sections (e.g. `Config.to_dict()` or `Recipe.to_dict()`)
               ) -> RunDir:
     "Begin or continue the run: write `config.yaml` (rank 0), or check that the saved one has the same `spec` sections."
     spec = _yaml_form(spec)
@@ -232,22 +236,24 @@ def _run_start(self: RunDir, spec: dict, # config sections (e.g. `Config.to_dict
     barrier()
     return self
 
-RunDir.read_config, RunDir.start = _run_read_config, _run_start
-
 # %% ../nbs/00b_layout.ipynb #1a0b0026
-def _run_write_info(self: RunDir, cache: str | Path, # the PNG (or slice) cache the run trains on
+@patch
+def write_info(self: RunDir, cache: str | Path, # the PNG (or slice) cache the run trains on
                     folds: str | Path, # the folds CSV
                    ) -> Path:
     "Record where the run's training data is (`run.json`)."
     return self.write_json(self.info, dict(cache=str(Path(cache).resolve()), folds=str(Path(folds).resolve())))
 
-def _run_read_info(self: RunDir) -> dict:
+@patch
+def read_info(self: RunDir) -> dict:
     "`cache` and `folds` paths of the run's training data."
     return _read_json(self.info, f"is {self.root} a run folder written by `pneumokit train`?")
 
-def _run_cache(self: RunDir) -> CacheDir: return CacheDir(self.read_info()['cache'])
+@patch
+def cache(self: RunDir) -> CacheDir: return CacheDir(self.read_info()['cache'])
 
-def _run_collect_summary(self: RunDir) -> pd.DataFrame:
+@patch
+def collect_summary(self: RunDir) -> pd.DataFrame:
     "Every finished fold's summary, in fold order (folds may have been trained by separate commands), also as `summary.csv`."
     rows = [f.read_summary() for f in self.folds('summary')]
     if not rows: raise FileNotFoundError(f"no finished fold (fold<k>/summary.json) in {self.root}")
@@ -255,13 +261,12 @@ def _run_collect_summary(self: RunDir) -> pd.DataFrame:
     self.write_csv(self.summary, df)
     return df
 
-def _run_read_thresholds(self: RunDir) -> dict: return _read_json(self.thresholds, "run `pneumokit search` first")
-
-RunDir.write_info, RunDir.read_info, RunDir.cache = _run_write_info, _run_read_info, _run_cache
-RunDir.collect_summary, RunDir.read_thresholds = _run_collect_summary, _run_read_thresholds
+@patch
+def read_thresholds(self: RunDir) -> dict: return _read_json(self.thresholds, "run `pneumokit search` first")
 
 # %% ../nbs/00b_layout.ipynb #1a0b0028
-def _run_load_oof(self: RunDir, folds: Sequence[int] | None = None, # which folds (default: every fold with maps)
+@patch
+def load_oof(self: RunDir, folds: Sequence[int] | None = None, # which folds (default: every fold with maps)
                  ) -> tuple[pd.DataFrame, list[np.ndarray]]:
     "Out-of-fold ids (ImageId, has_mask, dice, fold) and each fold's memory-mapped uint8 maps, in numeric fold order."
     ks = self.fold_ids('oof') if folds is None else [int(k) for k in folds]
@@ -269,14 +274,13 @@ def _run_load_oof(self: RunDir, folds: Sequence[int] | None = None, # which fold
     loaded = [self.fold(k).load_oof() for k in ks]
     return pd.concat([i for i, _ in loaded], ignore_index=True), [m for _, m in loaded]
 
-def _run_oof_truths(self: RunDir, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
+@patch
+def oof_truths(self: RunDir, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
                     size: int, # the maps' side
                    ) -> list[np.ndarray]:
     "The true 0/1 masks of the out-of-fold images, one N×size×size array per fold, in the order of `ids`."
     cache = self.cache()
     return [cache.read_masks(size, ids.ImageId[ids.fold == k].tolist()) for k in pd.unique(ids.fold)]
-
-RunDir.load_oof, RunDir.oof_truths = _run_load_oof, _run_oof_truths
 
 # %% ../nbs/00b_layout.ipynb #1a0b0044
 class ReportDir(_Owner):
