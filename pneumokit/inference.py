@@ -20,16 +20,16 @@ from fastprogress.fastprogress import progress_bar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import check_int, get_device, write_bytes_atomic
+from .core import atomic_write, check_int, get_device, write_bytes_atomic
 from .data import imagenet_stats
 from .dicom import image_id_of, list_dicoms, read_dicom
-from .layout import RunDir, maps_ids
-from .models import _check_models, mean_probs
+from .layout import RunDir, maps_cls, maps_ids
+from .models import _check_models, ensemble_outputs, mean_probs
 from .train import Recipe, load_checkpoints
 
 # %% auto #0
-__all__ = ['TTAS', 'get_tta', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files', 'predict_dicoms',
-           'load_fold_models']
+__all__ = ['TTAS', 'get_tta', 'tta_outputs', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files',
+           'predict_dicoms', 'load_fold_models']
 
 # %% ../nbs/11_inference.ipynb #edf246c3
 def _identity(t: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor: return t
@@ -71,19 +71,29 @@ def _inverted(p: torch.Tensor, inv: Callable, hw: tuple[int, int]) -> torch.Tens
     return inv(p[:, None], hw)[:, 0] if p.ndim == 3 else inv(p, hw)
 
 @torch.no_grad()
+def tta_outputs(models: Sequence[nn.Module], # an ensemble (e.g. folds × checkpoints), on `x`'s device, in eval mode
+                x: torch.Tensor, # normalised image batch (N, 3, H, W)
+                tta: str = 'hflip', # a key of `TTAS`
+                mode: str = 'binary', # 'binary': sigmoid maps (N, H, W); 'multiclass': softmax maps (N, C, H, W)
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Mean maps over the TTA views of `x` (each view inverted), and the mean image-level probability (N,) when the models have that head."
+    views, models = get_tta(tta), _check_models(models)
+    if x.ndim != 4: raise ValueError(f"`x` must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    hw, total, cls = tuple(x.shape[-2:]), None, None
+    for fwd, inv in views:
+        p, c = ensemble_outputs(models, fwd(x), mode)
+        p = _inverted(p, inv, hw)
+        total = p if total is None else total + p  # a running sum: one map per view is never held
+        cls = c if cls is None or c is None else cls + c
+    return total / len(views), None if cls is None else cls / len(views)
+
 def tta_probs(models: Sequence[nn.Module], # an ensemble (e.g. folds × checkpoints), on `x`'s device, in eval mode
               x: torch.Tensor, # normalised image batch (N, 3, H, W)
               tta: str = 'hflip', # a key of `TTAS`
               mode: str = 'binary', # 'binary': sigmoid maps (N, H, W); 'multiclass': softmax maps (N, C, H, W)
              ) -> torch.Tensor:
     "Mean probability of `models` over the TTA views of `x`, each view inverted before averaging; float32."
-    views, models = get_tta(tta), _check_models(models)
-    if x.ndim != 4: raise ValueError(f"`x` must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
-    hw, total = tuple(x.shape[-2:]), None
-    for fwd, inv in views:
-        p = _inverted(mean_probs(models, fwd(x), mode), inv, hw)
-        total = p if total is None else total + p  # a running sum: one map per view is never held
-    return total / len(views)
+    return tta_outputs(models, x, tta, mode)[0]
 
 # %% ../nbs/11_inference.ipynb #5e4579a6
 def normalise(imgs: torch.Tensor, # uint8 grey batch (N, H, W)
@@ -165,13 +175,19 @@ def _stream(models: list[nn.Module], # the ensemble (checked)
             n: int, # images in all
             dest: Path, tta: str, out_hw: tuple[int, int] | None, device: torch.device,
            ) -> Path:
-    "Write the TTA-ensemble maps of `dl` to `dest`, batch by batch (the `.npy` appears only when complete)."
-    models, writer = [m.to(device).eval() for m in models], _MapWriter(dest, n, out_hw)
+    "Write the TTA-ensemble maps of `dl` to `dest` batch by batch (whole or not at all), and the image-level probabilities beside them (`maps_cls`) when the models have that head."
+    models, writer, cls = [m.to(device).eval() for m in models], _MapWriter(dest, n, out_hw), []
     try:
-        for batch in progress_bar(dl, leave=False): writer.write(tta_probs(models, to_x(batch), tta))
-        return writer.close()
+        for batch in progress_bar(dl, leave=False):
+            p, c = tta_outputs(models, to_x(batch), tta)
+            writer.write(p); cls.append(c)
+        path = writer.close()
     except BaseException:
         writer.abort(); raise
+    if cls and all(c is not None for c in cls):
+        with atomic_write(maps_cls(dest)) as f: np.save(f, torch.cat(cls).float().cpu().numpy())
+    else: maps_cls(dest).unlink(missing_ok=True)  # none from an earlier ensemble may pass for these maps'
+    return path
 
 # %% ../nbs/11_inference.ipynb #1b82e3db
 def _check_dest(dest: str | Path) -> Path:

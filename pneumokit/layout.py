@@ -20,7 +20,7 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids']
+__all__ = ['SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -150,6 +150,7 @@ class FoldDir(_Owner):
     summary = _file('summary.json')
     oof_maps = _file('oof.npy')
     oof_ids = _file('oof_ids.csv')
+    oof_cls = _file('oof_cls.npy')  # image-level probabilities, for models with that head
     tensorboard = _file('tb')
 
     @staticmethod
@@ -275,6 +276,19 @@ def load_oof(self: RunDir, folds: Sequence[int] | None = None, # which folds (de
     return pd.concat([i for i, _ in loaded], ignore_index=True), [m for _, m in loaded]
 
 @patch
+def oof_cls(self: RunDir, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
+           ) -> np.ndarray:
+    "The image-level probabilities (N,) of the out-of-fold images, in the order of `ids` (models with an image-level head)."
+    out = []
+    for k in pd.unique(ids.fold):
+        f = self.fold(k).oof_cls
+        if not f.is_file(): raise FileNotFoundError(f"{f} not found: fold {k}'s models have no image-level head "
+                                                    "(train with `model.kwargs.aux: true` for a classifier rule)")
+        out.append(np.load(f))
+        if len(out[-1]) != (ids.fold == k).sum(): raise ValueError(f"{f} holds {len(out[-1])} values for {(ids.fold == k).sum()} images")
+    return np.concatenate(out)
+
+@patch
 def oof_truths(self: RunDir, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
                     size: int, # the maps' side
                    ) -> list[np.ndarray]:
@@ -298,3 +312,8 @@ def maps_ids(maps: str | Path, # a `.npy` of probability maps
             ) -> Path:
     "The ids CSV that goes with the maps file `maps`: `preds.npy` → `preds_ids.csv`."
     return Path(maps).with_name(f'{Path(maps).stem}_ids.csv')
+
+def maps_cls(maps: str | Path, # a `.npy` of probability maps
+            ) -> Path:
+    "The image-level probabilities that go with the maps file `maps` (models with that head): `preds.npy` → `preds_cls.npy`."
+    return Path(maps).with_name(f'{Path(maps).stem}_cls.npy')

@@ -32,7 +32,7 @@ from .losses import activate, check_mode
 # %% auto #0
 __all__ = ['ARCHS', 'AUX_PARAMS', 'get_arch', 'encoder_names', 'check_encoder', 'read_checkpoint', 'unwrap_state_dict',
            'match_keys', 'LoadReport', 'load_weights', 'build_model', 'AuxHeadLoss', 'SegOnly', 'model_splitter',
-           'seg_learner', 'mean_probs', 'count_params', 'param_table']
+           'seg_learner', 'ensemble_outputs', 'mean_probs', 'count_params', 'param_table']
 
 # %% ../nbs/09_models.ipynb #57452332
 ARCHS: dict[str, type[nn.Module]] = {c.__name__: c for c in smp.MODEL_ARCHITECTURES_MAPPING.values()}
@@ -333,16 +333,29 @@ def _check_models(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     return models
 
 def _logits(out): return out[0] if isinstance(out, (tuple, list)) else out  # aux-head models return (mask, label)
+def _label_logit(out): return out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
 
 @torch.no_grad()
+def ensemble_outputs(models: nn.Module | Sequence[nn.Module], # a model or an ensemble, on `x`'s device, in eval mode
+                     x: torch.Tensor, # normalised image batch (N, 3, H, W)
+                     mode: str = 'binary', # 'binary' (sigmoid) or 'multiclass' (softmax), see `pneumokit.losses.MODES`
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Mean maps of `models` on `x` (sigmoid N×H×W or softmax N×C×H×W) and, when every model has an image-level head, its mean sigmoid (N,)."
+    models, mode = _check_models(models), check_mode(mode)
+    probs, labels = 0, []
+    with torch.autocast(x.device.type, enabled=x.device.type == 'cuda'):
+        for m in models:
+            out = m(x)
+            probs, labels = probs + activate(_logits(out).float(), mode), labels + [_label_logit(out)]
+    cls = None if any(l is None for l in labels) else sum(torch.sigmoid(l.float()).reshape(len(x)) for l in labels) / len(models)
+    return probs / len(models), cls
+
 def mean_probs(models: nn.Module | Sequence[nn.Module], # a model or an ensemble, on `x`'s device, in eval mode
                x: torch.Tensor, # normalised image batch (N, 3, H, W)
                mode: str = 'binary', # 'binary' (sigmoid) or 'multiclass' (softmax), see `pneumokit.losses.MODES`
               ) -> torch.Tensor:
     "Mean activation of `models` on `x`: sigmoid (N, H, W) or softmax (N, C, H, W), float32."
-    models, mode = _check_models(models), check_mode(mode)
-    with torch.autocast(x.device.type, enabled=x.device.type == 'cuda'):
-        return sum(activate(_logits(m(x)).float(), mode) for m in models) / len(models)
+    return ensemble_outputs(models, x, mode)[0]
 
 # %% ../nbs/09_models.ipynb #6358a693
 def count_params(model: nn.Module, # an smp model

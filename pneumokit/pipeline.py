@@ -21,7 +21,7 @@ from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .folds import load_folds, make_folds, save_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_ids
+from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .submission import make_submission
@@ -164,7 +164,8 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
     ids, maps = run.load_oof()
     size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
-    res = rule.search(maps, run.oof_truths(ids, size), cfg.thresholds.grid())
+    cls = run.oof_cls(ids) if rule.needs_cls else None  # a classifier rule gates on the models' image-level head
+    res = rule.search(maps, run.oof_truths(ids, size), cfg.thresholds.grid(), cls_probs=cls)
     best = dict(rule.best(res).to_dict(), size=size, dice=float(res.dice.iloc[0]), all_empty=float(1 - ids.has_mask.mean()),
                 n_images=len(ids), folds=[int(k) for k in pd.unique(ids.fold)])
     fig = rule.plot(res)
@@ -224,7 +225,15 @@ def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
     maps, (rule, size) = np.load(probs, mmap_mode='r'), _rule_at(thresholds)
     ids = pd.read_csv(maps_ids(probs)).ImageId.tolist()
     rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
-    return make_submission(maps, ids, dest, rule=rule, sample=sample, size=out_size, progress=progress)
+    return make_submission(maps, ids, dest, rule=rule, cls_probs=_cls_probs(probs) if rule.needs_cls else None,
+                           sample=sample, size=out_size, progress=progress)
+
+def _cls_probs(probs: Path) -> np.ndarray:
+    "The image-level probabilities `predict` wrote beside the maps, for a classifier rule."
+    f = maps_cls(probs)
+    if not f.is_file(): raise FileNotFoundError(f"{f} not found: a classifier rule needs the models' image-level probabilities, "
+                                                "which `predict` writes for models with that head (`model.kwargs.aux: true`)")
+    return np.load(f)
 
 # %% ../nbs/14b_pipeline.ipynb #01a25838
 def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)

@@ -34,7 +34,7 @@ from .ddp import barrier, from_rank0, is_main, rank, world_size
 from .layout import FoldDir, RunDir, SliceCacheDir
 from .losses import LOSSES, MODES, MULTICLASS_LOSSES, get_loss
 from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
-from .models import AuxHeadLoss, build_model, mean_probs, seg_learner
+from .models import AuxHeadLoss, build_model, ensemble_outputs, seg_learner
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'TASKS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'Task',
@@ -419,19 +419,22 @@ def write_oof(models: Sequence[torch.nn.Module], # checkpoints' models (see `loa
               dl, # validation DataLoader yielding (image, target) batches in a fixed order
               dest: str | Path, # `.npy` file for the (N, H, W) uint8 maps, written atomically
               recipe: Recipe, # its mode decides the maps (binary: probability × 255; multiclass: label maps) and the score
+              cls_dest: str | Path | None = None, # `.npy` for the image-level probabilities (N,) of models with that head
              ) -> np.ndarray:
     "Stream the models' mean maps for `dl` into a uint8 memmap; returns each image's Dice (`recipe.threshold` for masks)."
     dest, task = Path(dest), TASKS[recipe.mode]
     n, (h, w) = len(dl.dataset), dl.one_batch()[1].shape[-2:]
     tmp = dest.with_name(f'.{dest.name}.tmp')
-    maps, scores, i = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n, h, w)), [], 0
+    maps, scores, cls, i = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n, h, w)), [], [], 0
     for x, y in progress_bar(dl, leave=False):
-        p = mean_probs(models, x, recipe.mode)
+        p, c = ensemble_outputs(models, x, recipe.mode)
         maps[i:i + len(p)] = task.to_maps(p).cpu().numpy()
-        scores.append(task.scores(p, y, recipe))
+        scores.append(task.scores(p, y, recipe)); cls.append(c)
         i += len(p)
     maps.flush(); del maps
     tmp.replace(dest)
+    if cls_dest is not None and all(c is not None for c in cls):
+        with atomic_write(cls_dest) as f: np.save(f, torch.cat(cls).float().cpu().numpy())
     return np.concatenate(scores)
 
 # %% ../nbs/10_train.ipynb #5ddc29fe
@@ -444,7 +447,8 @@ def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold
     "Out-of-fold maps from the top-k checkpoints at the last stage's size, and the fold summary."
     st = recipe.stages[-1]
     dl = _stage_dls(recipe, st, cache, folds, fold, 0, device).valid
-    scores = write_oof(load_checkpoints(recipe, run.best_files(), device), dl, folder.oof_maps, recipe)
+    models = load_checkpoints(recipe, run.best_files(), device)
+    scores = write_oof(models, dl, folder.oof_maps, recipe, folder.oof_cls if folder.main else None)
     ids = pd.DataFrame(dict(ImageId=_item_ids(dl))).merge(folds[['ImageId', 'has_mask']], on='ImageId', how='left')
     folder.write_csv(folder.oof_ids, ids.assign(dice=scores))
     top = run.state['topk']

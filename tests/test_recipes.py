@@ -83,3 +83,27 @@ def test_cli_and_notebook_give_the_same_files(data):
     assert json.loads((nb_run/'thresholds.json').read_text()) == json.loads((cli_run/'thresholds.json').read_text())
     assert np.array_equal(np.load(nb_run/'test_probs.npy'), np.load(cli_run/'test_probs.npy'))
     assert (data/'nb-sub.csv').read_text() == (data/f'sub-{cfg}.csv').read_text()
+
+
+def test_classifier_rule_gates_on_the_image_level_head(data, tmp_path):
+    "The 42nd place's image-level head as the gate: its out-of-fold probabilities are searched, its test ones submitted."
+    import shutil
+    cfg = 'siim-42nd-place.cpu-smoke'
+    src = data/f'run-{cfg}'
+    if not (src/'thresholds.json').exists(): _cli_pipeline(data, cfg, src, data/f'sub-{cfg}.csv')
+    run = shutil.copytree(src, tmp_path/'run')  # the search below replaces the run's rule: not the shared run's
+    assert np.load(run/'fold0'/'oof_cls.npy').shape == ((pd.read_csv(data/'folds.csv').fold == 0).sum(),)
+    assert np.load(run/'test_probs_cls.npy').shape == (len(np.load(run/'test_probs.npy')),)
+    gate = tmp_path/'classifier.yaml'
+    gate.write_text(f'base: {cfg}\nthresholds: {{rule: classifier, cls_thresholds: [0.2, 0.5, 0.8], bottoms: [0.3, 0.5], '
+                    'default: null}\n')
+    assert 'best rule classifier:' in run_cli('search', run, '--config', gate, env=ENV).stdout
+    best = json.loads((run/'thresholds.json').read_text())
+    assert best['rule'] == 'classifier' and best['cls_threshold'] in (0.2, 0.5, 0.8)
+    out = run_cli('submit', run/'test_probs.npy', tmp_path/'s.csv', '--thresholds', run,
+                  '--sample', data/'mini'/'sample_submission.csv', env=ENV).stdout
+    assert 'rows' in out and len(pd.read_csv(tmp_path/'s.csv')) == len(np.load(run/'test_probs.npy'))
+    # maps without image-level probabilities: one line naming the missing file
+    (run/'test_probs_cls.npy').unlink()
+    res = run_cli('submit', run/'test_probs.npy', tmp_path/'t.csv', '--thresholds', run, check=False)
+    assert res.returncode != 0 and 'test_probs_cls.npy not found' in res.stderr and len(res.stderr.strip().splitlines()) == 1
