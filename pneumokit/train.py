@@ -38,7 +38,7 @@ from .models import AuxHeadLoss, build_model, ensemble_outputs, seg_learner
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'TASKS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'Task',
-           'train_fold', 'load_checkpoints', 'write_oof', 'train_kfold']
+           'load_checkpoints', 'write_oof', 'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #2b4253eb
 @dataclass
@@ -358,47 +358,6 @@ def _ddp_device(device: str | None, ddp: bool) -> torch.device:
     PartialState(cpu=device.type == 'cpu')  # accelerate: process group from the launcher's variables; sets the GPU
     return device
 
-# %% ../nbs/10_train.ipynb #e74109f9
-def _writer(folder: FoldDir, tensorboard: bool):
-    if not (tensorboard and folder.main): return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(folder.tensorboard))
-
-def train_fold(recipe: Recipe, # model and stages
-               cache: str | Path, # PNG cache from `build_cache` (every stage size cached)
-               folds: pd.DataFrame, # from `make_folds`
-               fold: int, # validation fold
-               out: str | Path | RunDir, # run folder (`pneumokit.layout.RunDir`): the fold writes to its `fold<k>/`
-               resume: bool = False, # continue a killed run from its last finished epoch
-               device: str | None = None, # default: CUDA when available, else CPU
-               n_workers: int | None = None, # DataLoader workers (default: see `siim_dataloaders`)
-               tensorboard: bool = True, # also write TensorBoard logs to `<fold>/tb`
-               cbs: Sequence[Callback] = (), # extra fastai callbacks for every stage
-               distributed: bool = False, # DDP across the processes `accelerate launch` started; only rank 0 writes
-               compile: bool | str = False, # `torch.compile` the model (True: inductor; or a backend name, e.g. 'eager')
-              ) -> dict:
-    "Train one fold through every stage; returns its summary (best score, checkpoints, out-of-fold maps)."
-    rank = _ddp_rank(distributed)
-    device = _ddp_device(device, rank is not None)
-    folder = _start_fold(RunDir(out), recipe, fold, resume)
-    run = RunState(folder, recipe.top_k)
-    seed_everything(recipe.seed + fold + len(run.state['history']) + (rank or 0), recipe.deterministic)
-    learn, writer = None, _writer(folder, tensorboard)
-    s0, e0 = run.position
-    for i, st in enumerate(recipe.stages):
-        if i < s0: continue
-        dls = _stage_dls(recipe, st, cache, folds, fold, n_workers, device, rank or 0)
-        start = e0 if i == s0 else 0
-        dls.train.epoch = start  # the positive-rate schedule resumes where it stopped
-        if learn is None: learn = _learner(recipe, dls, st, device, folder.root, rank is not None, compile)
-        else: set_dls(learn, dls)
-        _prepare_stage(recipe, learn, st)
-        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
-        ckpt = FoldCheckpoint(run, i, st.epochs, start, monitor=TASKS[recipe.mode].monitor, writer=writer)
-        _fit_stage(learn, st, start, [ckpt, *cbs], recipe.clip)
-    if writer is not None: writer.close()
-    return from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if folder.main else None)
-
 # %% ../nbs/10_train.ipynb #9c2ea804
 def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained with
                      files: Sequence[str | Path], # model checkpoints (`model_*.pth` of a fold folder)
@@ -456,6 +415,47 @@ def _finish_fold(recipe: Recipe, run: RunState, cache, folds: pd.DataFrame, fold
                checkpoints=[r['file'] for r in top], oof=str(folder.oof_maps))
     folder.write_json(folder.summary, res)  # last: a fold with a summary has finished
     return res
+
+# %% ../nbs/10_train.ipynb #e74109f9
+def _writer(folder: FoldDir, tensorboard: bool):
+    if not (tensorboard and folder.main): return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(folder.tensorboard))
+
+def train_fold(recipe: Recipe, # model and stages
+               cache: str | Path, # PNG cache from `build_cache` (every stage size cached)
+               folds: pd.DataFrame, # from `make_folds`
+               fold: int, # validation fold
+               out: str | Path | RunDir, # run folder (`pneumokit.layout.RunDir`): the fold writes to its `fold<k>/`
+               resume: bool = False, # continue a killed run from its last finished epoch
+               device: str | None = None, # default: CUDA when available, else CPU
+               n_workers: int | None = None, # DataLoader workers (default: see `siim_dataloaders`)
+               tensorboard: bool = True, # also write TensorBoard logs to `<fold>/tb`
+               cbs: Sequence[Callback] = (), # extra fastai callbacks for every stage
+               distributed: bool = False, # DDP across the processes `accelerate launch` started; only rank 0 writes
+               compile: bool | str = False, # `torch.compile` the model (True: inductor; or a backend name, e.g. 'eager')
+              ) -> dict:
+    "Train one fold through every stage; returns its summary (best score, checkpoints, out-of-fold maps)."
+    rank = _ddp_rank(distributed)
+    device = _ddp_device(device, rank is not None)
+    folder = _start_fold(RunDir(out), recipe, fold, resume)
+    run = RunState(folder, recipe.top_k)
+    seed_everything(recipe.seed + fold + len(run.state['history']) + (rank or 0), recipe.deterministic)
+    learn, writer = None, _writer(folder, tensorboard)
+    s0, e0 = run.position
+    for i, st in enumerate(recipe.stages):
+        if i < s0: continue
+        dls = _stage_dls(recipe, st, cache, folds, fold, n_workers, device, rank or 0)
+        start = e0 if i == s0 else 0
+        dls.train.epoch = start  # the positive-rate schedule resumes where it stopped
+        if learn is None: learn = _learner(recipe, dls, st, device, folder.root, rank is not None, compile)
+        else: set_dls(learn, dls)
+        _prepare_stage(recipe, learn, st)
+        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
+        ckpt = FoldCheckpoint(run, i, st.epochs, start, monitor=TASKS[recipe.mode].monitor, writer=writer)
+        _fit_stage(learn, st, start, [ckpt, *cbs], recipe.clip)
+    if writer is not None: writer.close()
+    return from_rank0(_finish_fold(recipe, run, cache, folds, fold, folder, device) if folder.main else None)
 
 # %% ../nbs/10_train.ipynb #bbfc42c3
 def train_kfold(recipe: Recipe, # model and stages
