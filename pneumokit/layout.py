@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/layout.html.md"""
 
 # %% ../nbs/00b_layout.ipynb #1a0b0003
 from __future__ import annotations
-import json, re
+import json, re, warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls']
+__all__ = ['SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls', 'read_maps']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -230,9 +230,11 @@ def start(self: RunDir, spec: dict, # config sections (e.g. `Config.to_dict()` o
     spec = _yaml_form(spec)
     saved = self.read_config() if self.config.is_file() else {}
     if diff := [k for k in spec if k in saved and saved[k] != spec[k]]:
-        raise ValueError(f"{self.config} differs in {', '.join(diff)}: a run continues only with the config it started "
-                         "with; use a new run folder")
-    if self.main and any(k not in saved for k in spec):
+        if started := self.fold_ids('state'):
+            raise ValueError(f"{self.config} differs in {', '.join(diff)}: a run continues only with the config it started "
+                             f"with (folds {started} have trained); use a new run folder")
+        warnings.warn(f"{self.config} differs in {', '.join(diff)}, but no epoch has run yet: the new config replaces it")
+    if self.main and (diff or any(k not in saved for k in spec)):
         with atomic_write(self.config, 'w') as f: yaml.safe_dump({**saved, **spec}, f, sort_keys=False)
     barrier()
     return self
@@ -264,6 +266,14 @@ def collect_summary(self: RunDir) -> pd.DataFrame:
 
 @patch
 def read_thresholds(self: RunDir) -> dict: return _read_json(self.thresholds, "run `pneumokit search` first")
+
+@patch
+def forget_search(self: RunDir) -> list[Path]:
+    "Remove the threshold search's files (rank 0), e.g. when the folds it was made on changed; the files removed."
+    gone = [f for f in (self.thresholds, self.thresholds_table, self.search_plot) if f.exists()]
+    if self.main:
+        for f in gone: f.unlink(missing_ok=True)
+    return gone
 
 # %% ../nbs/00b_layout.ipynb #1a0b0028
 @patch
@@ -317,3 +327,19 @@ def maps_cls(maps: str | Path, # a `.npy` of probability maps
             ) -> Path:
     "The image-level probabilities that go with the maps file `maps` (models with that head): `preds.npy` → `preds_cls.npy`."
     return Path(maps).with_name(f'{Path(maps).stem}_cls.npy')
+
+def read_maps(maps: str | Path, # a `.npy` of probability maps written by `predict`
+             ) -> tuple[np.ndarray, list[str]]:
+    "The maps (memory-mapped N×H×W) and their ImageIds, checked to be readable and of one length; errors name the files."
+    maps = Path(maps)
+    if not maps.is_file(): raise FileNotFoundError(f"probability maps not found: {maps}")
+    try: arr = np.load(maps, mmap_mode='r')
+    except (ValueError, OSError, EOFError) as e: raise ValueError(f"{maps}: not a .npy array of maps ({' '.join(str(e).split())})") from None
+    if arr.ndim != 3: raise ValueError(f"{maps}: expected maps N×H×W, got shape {arr.shape}")
+    f = maps_ids(maps)
+    if not f.is_file(): raise FileNotFoundError(f"{f} not found: the ImageIds of {maps.name} (written beside it by `predict`)")
+    try: ids = pd.read_csv(f, dtype={'ImageId': str}).ImageId.tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not a CSV with an ImageId column ({type(e).__name__})") from None
+    if len(ids) != len(arr): raise ValueError(f"{f} lists {len(ids)} images but {maps} holds {len(arr)} maps")
+    return arr, ids

@@ -21,7 +21,7 @@ from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .folds import load_folds, make_folds, save_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids
+from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, read_maps
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .submission import make_submission
@@ -146,7 +146,15 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
     run.write_info(cache, folds_file)
     train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, device=device, n_workers=n_workers,
                 tensorboard=tensorboard, distributed=distributed)
+    _forget_stale_search(run)
     return run.collect_summary()
+
+def _forget_stale_search(run: RunDir):
+    "A threshold search made on other folds than the run's finished ones no longer describes it: remove it, and say so."
+    if not run.thresholds.is_file(): return
+    searched, now = run.read_thresholds().get('folds'), run.fold_ids('oof')
+    if searched != now and run.forget_search() and run.main:
+        print(f"{run.thresholds} was searched on folds {searched}; the run now has folds {now}: removed, search again")
 
 # %% ../nbs/14b_pipeline.ipynb #4e659dff
 @dataclass
@@ -200,7 +208,11 @@ def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved ru
         t = _read_rule_file(p)
         return rule_from_dict(t), t.get('size')
     run = RunDir(p)
-    if run.thresholds.is_file(): t = run.read_thresholds(); return rule_from_dict(t), t.get('size')
+    if run.thresholds.is_file():
+        t = run.read_thresholds()
+        if (searched := t.get('folds')) is not None and searched != (now := run.fold_ids('oof')):
+            raise ValueError(f"{run.thresholds} was searched on folds {searched} but the run has folds {now}: search again")
+        return rule_from_dict(t), t.get('size')
     cfg = run_config(run)
     if (rule := cfg.thresholds.default_rule()) is None:
         raise FileNotFoundError(f"{run.thresholds} not found and {run.config} has no `thresholds.default`: run `search` first")
@@ -220,10 +232,7 @@ def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
            progress: bool = True, # progress bar
           ) -> Path:
     "Binarise the maps with the rule (pixel counts scaled from the searched map size) and write a validated submission."
-    probs = Path(probs)
-    if not probs.is_file(): raise FileNotFoundError(f"probability maps not found: {probs}")
-    maps, (rule, size) = np.load(probs, mmap_mode='r'), _rule_at(thresholds)
-    ids = pd.read_csv(maps_ids(probs)).ImageId.tolist()
+    (maps, ids), (rule, size) = read_maps(probs), _rule_at(thresholds)
     rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
     return make_submission(maps, ids, dest, rule=rule, cls_probs=_cls_probs(probs) if rule.needs_cls else None,
                            sample=sample, size=out_size, progress=progress)
