@@ -64,6 +64,13 @@ def _patients(table: pd.DataFrame, meta: pd.DataFrame) -> pd.Series:
     return pid.astype(str)
 
 # %% ../nbs/05_folds.ipynb #6dbc8482
+def _checked_table(labels: pd.DataFrame | str | Path, meta: pd.DataFrame | None) -> pd.DataFrame:
+    "ImageId, has_mask, area per image, once `check_labels` passed every row (bounds: each image's size in `meta`, else 1024)."
+    shapes = image_shapes(meta) if meta is not None else {}
+    labels = check_labels(labels, shapes)
+    big = (max([h for h, _ in shapes.values()] + [1024]), max([w for _, w in shapes.values()] + [1024]))
+    return image_table(labels, shape=big)[['ImageId', 'has_mask', 'area']].reset_index(drop=True)  # areas: any shape that holds them
+
 def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a label CSV path
                n_splits: int = 5, # number of folds
                seed: int = 0, # shuffling seed: same seed, same folds
@@ -71,20 +78,17 @@ def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a 
                n_bins: int = 4, # mask-area quantile bins among positives
               ) -> pd.DataFrame:
     "One row per image: ImageId, fold, has_mask, area, area_bin (and PatientID with `meta`); every label row checked first."
-    shapes = image_shapes(meta) if meta is not None else {}
-    labels = check_labels(labels, shapes)  # RLE bounds: each image's size from `meta`, else 1024 x 1024
-    big = (max([h for h, _ in shapes.values()] + [1024]), max([w for _, w in shapes.values()] + [1024]))
-    table = image_table(labels, shape=big)[['ImageId', 'has_mask', 'area']].reset_index(drop=True)  # areas don't depend on it
+    table = _checked_table(labels, meta)
+    if meta is not None: table['PatientID'] = _patients(table, meta)
     strata = area_strata(table, n_bins)
     _check_splits(n_splits, table, strata)
     table['area_bin'], table['fold'] = strata, -1
     if meta is None:
         split = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(table, strata)
     else:
-        table['PatientID'] = _patients(table, meta)
         split = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(table, strata, table['PatientID'])
     for k, (_, val) in enumerate(split): table.loc[val, 'fold'] = k
-    return table[['ImageId', 'fold', *[c for c in table.columns if c not in ('ImageId', 'fold')]]]
+    return table[['ImageId', 'fold', 'has_mask', 'area', 'area_bin', *(['PatientID'] if meta is not None else [])]]
 
 # %% ../nbs/05_folds.ipynb #9ccc6a91
 def fold_summary(folds: pd.DataFrame, # from `make_folds`
