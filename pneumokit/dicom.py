@@ -6,8 +6,8 @@ Docs: https://pneumokit.github.io/pneumokit/dicom.html.md"""
 
 # %% ../nbs/02_dicom.ipynb #ef7806d8
 from __future__ import annotations
-import io, re, warnings
-from collections.abc import Iterable
+import hashlib, io, re, warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import cv2
@@ -23,12 +23,13 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          RLETransferSyntaxes)
 
-from .core import atomic_write, check_int, default_workers, write_bytes_atomic
+from .core import atomic_write, check_bool, check_int, default_workers, write_bytes_atomic
 from .layout import CacheDir
-from .rle import group_labels, masks_from_rles, read_labels
+from .rle import check_labels, group_labels, masks_from_rles, read_labels
 
 # %% auto #0
-__all__ = ['DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'rles_by_id', 'build_cache']
+__all__ = ['DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'image_shapes', 'rles_by_id',
+           'build_cache']
 
 # %% ../nbs/02_dicom.ipynb #6a66b2d3
 class DicomError(ValueError):
@@ -228,7 +229,9 @@ def _as_paths(src) -> list[Path]:
     "DICOM paths from a folder (searched at any depth), a single file, or an iterable of files."
     if isinstance(src, (str, Path)):
         src = Path(src)
-        if src.is_dir(): return list_dicoms(src)
+        if src.is_dir():
+            if paths := list_dicoms(src): return paths
+            raise FileNotFoundError(f"No DICOM files (*.dcm, *.dicom) under {src}")
         if src.is_file(): return [src]
         raise FileNotFoundError(f"No DICOM file or folder at {src}")
     return [Path(p) for p in src]
@@ -251,9 +254,18 @@ def dicom_metadata(paths_or_folder: str | Path | Iterable[str | Path], # a folde
     df = pd.DataFrame(_run(_header_row, paths, n_workers, progress), columns=_META_COLS)
     return df.astype({'PatientAge': 'Int64', 'Rows': 'Int64', 'Columns': 'Int64'})
 
+# %% ../nbs/02_dicom.ipynb #4f5bf021
+def image_shapes(meta: pd.DataFrame, # `dicom_metadata` output (ImageId, Rows, Columns)
+                ) -> dict[str, tuple[int, int]]:
+    "ImageId → (Rows, Columns) of each DICOM whose header has both: the sizes `check_labels` checks RLE bounds against."
+    if not {'ImageId', 'Rows', 'Columns'} <= set(meta.columns): return {}
+    ok = meta.dropna(subset=['Rows', 'Columns'])
+    return {i: (int(r), int(c)) for i, r, c in zip(ok.ImageId, ok.Rows, ok.Columns)}
+
 # %% ../nbs/02_dicom.ipynb #0139f0f3
-_MANIFEST_COLS = ['ImageId', 'path', 'status', 'error', 'note']
+_MANIFEST_COLS = ['ImageId', 'path', 'status', 'error', 'note', 'labels_hash']
 _NO_LABELS = 'no label rows: image written without a mask'
+_UNLABELLED = 'unlabelled'  # the labels hash of an image the labels have no row for (its mask is removed)
 
 def _err(e: Exception) -> str: return f"{type(e).__name__}: {e}"
 
@@ -263,34 +275,63 @@ def _check_sizes(sizes) -> tuple[int, ...]:
     if not sizes: raise ValueError("`sizes` must hold at least one output size, got none")
     return tuple(sorted({_check_size(s, 'sizes', optional=False) for s in sizes}, reverse=True))
 
-def rles_by_id(labels: str | Path | pd.DataFrame | None, # label CSV, or a `read_labels`/`group_labels` DataFrame
-              ) -> dict[str, tuple[str, ...]] | None:
-    "ImageId → RLE strings, from a labels CSV or a `read_labels`/`group_labels` DataFrame; `None` without labels."
-    if labels is None: return None
-    if isinstance(labels, (str, Path)): labels = read_labels(labels)
-    if not isinstance(labels, pd.DataFrame):
+def _label_rows(labels: str | Path | pd.DataFrame) -> pd.DataFrame:
+    "The rows (ImageId, EncodedPixels) of a label CSV or a `read_labels`/`group_labels` DataFrame, read by `read_labels`."
+    if isinstance(labels, pd.DataFrame) and {'ImageId', 'rles'} <= set(labels.columns):
+        labels = pd.DataFrame([(i, r) for i, rs in zip(labels.ImageId, labels.rles) for r in (tuple(rs) or ('-1',))],
+                              columns=['ImageId', 'EncodedPixels'])
+    if not isinstance(labels, (str, Path, pd.DataFrame)):
         raise ValueError(f"`labels` must be a CSV path or a DataFrame, got {type(labels).__name__}")
-    if {'ImageId', 'rles'} <= set(labels.columns): return dict(zip(labels.ImageId, labels.rles))
-    if {'ImageId', 'EncodedPixels'} <= set(labels.columns): return rles_by_id(group_labels(labels))
-    raise ValueError(f"`labels` needs columns ImageId and EncodedPixels (or rles), got {list(labels.columns)}")
+    return read_labels(labels)
+
+def rles_by_id(labels: str | Path | pd.DataFrame | None, # label CSV, or a `read_labels`/`group_labels` DataFrame
+               shapes: Mapping[str, tuple[int, int]] | None = None, # ImageId → (Rows, Columns) (`image_shapes`); others: 1024
+              ) -> dict[str, tuple[str, ...]] | None:
+    "ImageId → RLE strings once `check_labels` has passed every row (bounds at each image's `shapes`); `None` without labels."
+    if labels is None: return None
+    g = group_labels(check_labels(_label_rows(labels), shapes))
+    return dict(zip(g.ImageId, g.rles))
 
 # %% ../nbs/02_dicom.ipynb #23e22041
-def _id_or_error(path: Path) -> tuple[str | None, str]:
-    "(ImageId, '') or (None, why it could not be read)."
-    try: return image_id_of(path), ''
-    except Exception as e: return None, _err(e)
+def _header_or_error(path: Path) -> tuple[str | None, tuple[int, int] | None, str]:
+    "(ImageId, (Rows, Columns) or None, '') from the header alone, or (None, None, why it could not be read)."
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message=_INVALID_UID_WARNING)
+            ds = _dcmread(Path(path), stop_before_pixels=True, specific_tags=['SOPInstanceUID', 'Rows', 'Columns'])
+        shape = (int(ds.Rows), int(ds.Columns)) if ds.get('Rows') and ds.get('Columns') else None
+        return image_id_of(ds), shape, ''
+    except Exception as e: return None, None, _err(e)
 
-def _plan(paths: list[Path], ids: list[tuple], dest: CacheDir, sizes: tuple[int, ...], rles: dict | None) -> pd.DataFrame:
+def _labels_hash(rles: dict, image_id: str) -> str:
+    "What built an image's mask: a hash of its sorted RLE strings ('-1' images: of none), or 'unlabelled'."
+    if image_id not in rles: return _UNLABELLED
+    return hashlib.sha1('\n'.join(sorted(rles[image_id])).encode()).hexdigest()[:16]
+
+def _built_with(dest: CacheDir) -> dict[str, str]:
+    "ImageId → labels hash of each cached image, from the cache's manifest ({} when absent, unreadable or older)."
+    if not dest.manifest.is_file(): return {}
+    try: old = pd.read_csv(dest.manifest, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError): return {}
+    if not {'ImageId', 'status', 'labels_hash'} <= set(old.columns): return {}
+    ok = old[old.status.isin(['written', 'skipped'])]
+    return dict(zip(ok.ImageId, ok.labels_hash))
+
+# %% ../nbs/02_dicom.ipynb #52580e6c
+def _plan(paths: list[Path], heads: list[tuple], dest: CacheDir, sizes: tuple[int, ...], rles: dict | None,
+          force: bool = False) -> pd.DataFrame:
     "The manifest before decoding: each DICOM 'failed' (unreadable header, duplicate ImageId), 'skipped' or 'todo'."
-    rows, seen = [], {}
-    for p, (iid, err) in zip(paths, ids):
+    rows, seen, before = [], {}, _built_with(dest)
+    for p, (iid, _, err) in zip(paths, heads):
         if not err and iid in seen: err = f"duplicate ImageId {iid} (also in {seen[iid]})"
         seen.setdefault(iid, p)
         labelled = rles is not None and iid in rles
-        done = not err and all(o.exists() for o in dest.outputs(iid, sizes, labelled))
+        key = before.get(iid, '') if rles is None or err else _labels_hash(rles, iid)  # without labels masks are untouched
+        fresh = rles is None or before.get(iid) == key
+        done = not err and not force and fresh and all(o.exists() for o in dest.outputs(iid, sizes, labelled))
         note = _NO_LABELS if rles is not None and iid is not None and not labelled else ''
         status = 'failed' if err else 'skipped' if done else 'todo'
-        rows.append(dict(ImageId=iid, path=str(p), status=status, error=err, note=note))
+        rows.append(dict(ImageId=iid, path=str(p), status=status, error=err, note=note, labels_hash='' if err else key))
     return pd.DataFrame(rows, columns=_MANIFEST_COLS)
 
 # %% ../nbs/02_dicom.ipynb #238980ce
@@ -304,8 +345,8 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.where(_resize(mask * np.uint8(255), size) >= 128, 255, 0).astype(np.uint8)
 
 def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...]) -> str:
-    "Decode one DICOM once and write its PNGs at every size; '' on success, else the error (a worker never raises)."
-    path, image_id, rles = item
+    "Decode one DICOM once and write its PNGs at every size (removing a mask it no longer has); '' or the error (never raises)."
+    path, image_id, rles, unlabelled = item
     try:
         ds = _dcmread(Path(path))
         img = _decode(ds, path, sizes[0])  # sizes[0] is the largest
@@ -313,6 +354,7 @@ def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...]) -> str:
         for s in sizes:
             _write_png(dest.image(s, image_id), _resize(img, s))
             if mask is not None: _write_png(dest.mask(s, image_id), _resize_mask(mask, s))
+            elif unlabelled: dest.mask(s, image_id).unlink(missing_ok=True)
         return ''
     except Exception as e: return _err(e)
 
@@ -327,18 +369,34 @@ def _finish(man: pd.DataFrame, dest: CacheDir) -> pd.DataFrame:
                       f"all are listed in {dest.manifest}")
     return man
 
+def _check_matches(heads: list[tuple], rles: dict | None, labels, src):
+    "A `ValueError` when labels are given and not one readable DICOM has a row in them."
+    ids = [iid for iid, _, err in heads if not err]
+    if rles is None or not ids or any(i in rles for i in ids): return
+    name = labels if isinstance(labels, (str, Path)) else 'the labels DataFrame'
+    raise ValueError(f"None of the {len(ids)} DICOM(s) in {src} has a row in {name} ({len(rles)} ImageIds, e.g. "
+                     f"{next(iter(rles))!r}; the DICOMs' are like {ids[0]!r}): are these the labels of these images?")
+
 def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched at any depth), or DICOM files
                 dest: str | Path | CacheDir, # cache folder (see `pneumokit.layout.CacheDir`)
                 sizes: int | Iterable[int] = (256,), # side(s) of the square PNGs, e.g. (256, 512, 1024)
                 labels: str | Path | pd.DataFrame | None = None, # train-rle CSV, or `read_labels`/`group_labels` output
                 n_workers: int | None = None, # worker processes; default: the CPU cores available, 0: serial
                 progress: bool = True, # show progress bars
+                force: bool = False, # rebuild every image, even those cached from the same labels
                ) -> pd.DataFrame:
     "Decode each DICOM once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
-    sizes, dest, paths, rles = _check_sizes(sizes), CacheDir(dest), _as_paths(src), rles_by_id(labels)
-    man = _plan(paths, _run(_id_or_error, paths, n_workers, progress), dest, sizes, rles)
+    sizes, dest, paths, force = _check_sizes(sizes), CacheDir(dest), _as_paths(src), check_bool('force', force)
+    if not paths: raise ValueError("`src` holds no DICOM files: nothing to cache")
+    rows = None if labels is None else _label_rows(labels)
+    heads = _run(_header_or_error, paths, n_workers, progress)
+    rles = None if rows is None else rles_by_id(rows, {iid: hw for iid, hw, err in heads if not err and hw})
+    _check_matches(heads, rles, labels, src)
+    man = _plan(paths, heads, dest, sizes, rles, force)
     todo = man.index[man.status == 'todo']
-    items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i])) for i in todo]
+    items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i]),
+              rles is not None and man.ImageId[i] not in rles) for i in todo]
     errs = _run(_cache_one, items, n_workers, progress, dest=dest, sizes=sizes)
     if len(todo): man.loc[todo, 'error'], man.loc[todo, 'status'] = errs, ['failed' if e else 'written' for e in errs]
+    man.loc[man.status == 'failed', 'labels_hash'] = ''  # half-written: rebuilt next time
     return _finish(man, dest)

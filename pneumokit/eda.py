@@ -18,24 +18,23 @@ from fastcore.parallel import parallel
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from .core import SIIM_SIZE, default_workers, write_bytes_atomic
+from .core import SIIM_SIZE, check_int, default_workers, write_bytes_atomic
 from .dicom import dicom_metadata, image_id_of, list_dicoms, read_dicom
-from .rle import group_labels, masks_from_rles, read_labels, rle_decode
+from .rle import group_labels, label_problems, masks_from_rles, read_labels, rle_decode
 
 # %% auto #0
 __all__ = ['AUDIT_CHECKS', 'label_summary', 'image_table', 'mask_heatmap', 'label_demographics', 'plot_label_summary',
-           'plot_mask_areas', 'plot_mask_heatmap', 'plot_demographics', 'show_overlays', 'save_eda_figures', 'audit']
+           'plot_mask_areas', 'plot_mask_heatmap', 'plot_demographics', 'show_overlays', 'save_eda_figures', 'audit',
+           'describe_findings']
 
 # %% ../nbs/04_eda.ipynb #56020bfa
 _LABEL_COLS = ['ImageId', 'EncodedPixels']
 
 def _as_labels(labels: str | Path | pd.DataFrame, # label CSV or a DataFrame with ImageId, EncodedPixels
+               allow_blank: bool = False, # a blank EncodedPixels cell is "no mask" instead of an error
               ) -> pd.DataFrame:
-    "The labels as a DataFrame of stripped strings with columns `ImageId`, `EncodedPixels`."
-    if not isinstance(labels, pd.DataFrame): return read_labels(labels)
-    if missing := [c for c in _LABEL_COLS if c not in labels.columns]:
-        raise ValueError(f"labels DataFrame lacks column(s) {missing}: expected {_LABEL_COLS}, got {list(labels.columns)}")
-    return labels[_LABEL_COLS].astype(str).apply(lambda c: c.str.strip()).reset_index(drop=True)
+    "The labels as a DataFrame of stripped strings with columns `ImageId`, `EncodedPixels`, read by `read_labels`."
+    return read_labels(labels, allow_blank=allow_blank)
 
 # %% ../nbs/04_eda.ipynb #7aabb3c3
 def label_summary(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, EncodedPixels)
@@ -270,6 +269,10 @@ def save_eda_figures(labels: str | Path | pd.DataFrame, # label CSV or DataFrame
     figs = {'label_summary': plot_label_summary(df), 'mask_areas': plot_mask_areas(image_table(df, shape), shape),
             'mask_heatmap': plot_mask_heatmap(mask_heatmap(df, shape=shape))}
     demo = None if meta is None else label_demographics(df, meta)
+    if demo is not None and not len(demo):
+        where = dicom_folder_or_meta if isinstance(dicom_folder_or_meta, (str, Path)) else 'the given DICOMs'
+        raise ValueError(f"None of the {len(meta)} DICOM(s) in {where} has a row in the labels "
+                         f"{labels if isinstance(labels, (str, Path)) else ''}: are these the labels of these images?")
     if demo is not None and len(demo): figs['demographics'] = plot_demographics(demo)
     if demo is not None and (ids := _overlay_ids(demo, n_overlays)): figs['overlays'] = show_overlays(ids, meta, df)
     return [_save_png(f, Path(dest)/f'{k}.png', dpi) for k, f in figs.items()]
@@ -280,7 +283,8 @@ AUDIT_CHECKS = {
     'unlabelled-dicom': 'a DICOM whose ImageId is not in the labels',
     'duplicate-row': 'a labels row repeating an earlier one (same ImageId and EncodedPixels)',
     'conflicting-labels': "an ImageId with both a '-1' row and an RLE",
-    'invalid-rle': 'an RLE that does not decode (reason: the decoder error, naming the token)',
+    'blank-label': "a labels row with a blank EncodedPixels (write '-1' for no mask)",
+    'invalid-rle': "an RLE that does not decode inside its image's Rows x Columns (1024 x 1024 without a DICOM)",
     'unreadable-dicom': 'a file whose header or pixels cannot be read (reason: the error)',
     'unexpected-size': 'a DICOM whose Rows x Columns is not expected_size x expected_size',
     'duplicate-dicom': 'two or more files with the same ImageId (one row per file)',
@@ -313,14 +317,10 @@ def _label_findings(df: pd.DataFrame, src: str) -> list[dict]:
     return out
 
 # %% ../nbs/04_eda.ipynb #759ad8a5
-def _rle_findings(df: pd.DataFrame, src: str, shape: tuple[int, int]) -> list[dict]:
-    "Every RLE that does not decode at `shape`, with the decoder's message."
-    out = []
-    for i, e in zip(df.ImageId, df.EncodedPixels):
-        if e in ('', '-1'): continue
-        try: rle_decode(e, shape=shape, image_id=i)
-        except ValueError as err: out.append(dict(check='invalid-rle', ImageId=i, file=src, reason=str(err)))
-    return out
+def _row_findings(df: pd.DataFrame, src: str, shapes: dict[str, tuple[int, int]]) -> list[dict]:
+    "Blank cells and RLEs that do not decode at their image's real size: `label_problems`, with the line in the reason."
+    return [dict(check=b.check, ImageId=b.ImageId, file=src, reason=f'{b.where}: {b.reason}')
+            for b in label_problems(df, shapes).itertuples()]
 
 # %% ../nbs/04_eda.ipynb #85e3fa4a
 def _file_findings(files: pd.DataFrame, expected_size: int | None) -> list[dict]:
@@ -359,13 +359,26 @@ def audit(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, 
     folder = Path(dicom_folder)
     if not folder.is_dir(): raise FileNotFoundError(f"DICOM folder {folder} not found")
     src = '' if isinstance(labels, pd.DataFrame) else str(labels)
-    df = _as_labels(labels)
+    df = _as_labels(labels, allow_blank=True)  # blank cells become findings
     paths = list_dicoms(folder)
     n = min(default_workers() if n_workers is None else n_workers, len(paths))
     rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
     files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error']).astype({'header': bool})
-    size = (expected_size or SIIM_SIZE,)*2
-    found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _rle_findings(df, src, size)
+    shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
+    found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _row_findings(df, src, shapes)
              + _file_findings(files, expected_size))
     out = pd.DataFrame(found, columns=_AUDIT_COLS)
     return out.sort_values('check', key=lambda c: c.map(list(AUDIT_CHECKS).index), kind='stable').reset_index(drop=True)
+
+# %% ../nbs/04_eda.ipynb #9805799b
+def describe_findings(findings: pd.DataFrame, # from `audit`
+                      n: int = 10, # findings listed one per line; the rest are only counted
+                     ) -> str:
+    "The findings as text: the count per check, then `check  ImageId  file  reason` for the first `n`."
+    n = check_int('n', n, 0)
+    if not len(findings): return 'audit: no findings'
+    counts = ', '.join(f'{k} {v}' for k, v in findings.check.value_counts(sort=False).items())
+    out = [f'audit: {len(findings)} finding(s) ({counts})']
+    out += [f'{f.check}  {f.ImageId}  {f.file or "(labels DataFrame)"}  {f.reason}' for f in findings.head(n).itertuples()]
+    if len(findings) > n: out.append(f'… and {len(findings) - n} more')
+    return '\n'.join(out)

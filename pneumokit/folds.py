@@ -6,6 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/folds.html.md"""
 
 # %% ../nbs/05_folds.ipynb #ee990a12
 from __future__ import annotations
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .core import write_bytes_atomic
-from .rle import read_labels
+from .rle import check_labels
+from .dicom import image_shapes
 from .eda import image_table
 
 # %% auto #0
@@ -40,36 +42,53 @@ def _check_splits(n_splits: int, table: pd.DataFrame, strata: pd.Series):
         raise ValueError(f"n_splits={n_splits} is too many: {len(table)} images, smallest stratum has {smallest}; "
                          f"use fewer splits or fewer area bins")
 
+def _meta_where(meta: pd.DataFrame) -> str:
+    "Where `meta`'s rows came from: the folder holding its DICOM paths, else the table itself."
+    paths = meta['path'].dropna().astype(str).tolist() if 'path' in meta.columns else []
+    if not paths: return f"`meta` ({len(meta)} rows)"
+    return f"the {len(meta)} DICOM header(s) under {os.path.commonpath([str(Path(p).parent) for p in paths])}"
+
 def _patients(table: pd.DataFrame, meta: pd.DataFrame) -> pd.Series:
-    "PatientID per row of `table`; every image must be in `meta`."
+    "PatientID per row of `table`; every image must be in `meta`, with a PatientID."
     if not {'ImageId', 'PatientID'} <= set(meta.columns):
         raise ValueError(f"meta needs columns ImageId and PatientID, got {list(meta.columns)}")
-    pid = table['ImageId'].map(meta.drop_duplicates('ImageId').set_index('ImageId')['PatientID'])
+    m = meta.drop_duplicates('ImageId').set_index('ImageId')
+    if (absent := ~table['ImageId'].isin(m.index)).any():
+        miss = table.loc[absent, 'ImageId'].tolist()
+        raise ValueError(f"{len(miss)} of {len(table)} labelled image(s) have no DICOM among {_meta_where(meta)}, "
+                         f"e.g. {miss[:3]}: give the DICOM folder that holds every labelled image")
+    pid = table['ImageId'].map(m['PatientID'])
     if pid.isna().any():
         miss = table.loc[pid.isna(), 'ImageId'].tolist()
-        raise ValueError(f"{len(miss)} image(s) have no PatientID in meta, e.g. {miss[:3]}")
+        raise ValueError(f"{len(miss)} image(s) have no PatientID in their DICOM header ({_meta_where(meta)}), e.g. {miss[:3]}")
     return pid.astype(str)
 
 # %% ../nbs/05_folds.ipynb #6dbc8482
+def _checked_table(labels: pd.DataFrame | str | Path, meta: pd.DataFrame | None) -> pd.DataFrame:
+    "ImageId, has_mask, area per image, once `check_labels` passed every row (bounds: each image's size in `meta`, else 1024)."
+    shapes = image_shapes(meta) if meta is not None else {}
+    labels = check_labels(labels, shapes)
+    big = (max([h for h, _ in shapes.values()] + [1024]), max([w for _, w in shapes.values()] + [1024]))
+    return image_table(labels, shape=big)[['ImageId', 'has_mask', 'area']].reset_index(drop=True)  # areas: any shape that holds them
+
 def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a label CSV path
                n_splits: int = 5, # number of folds
                seed: int = 0, # shuffling seed: same seed, same folds
                meta: pd.DataFrame | None = None, # `dicom_metadata` table: folds are then grouped by PatientID
                n_bins: int = 4, # mask-area quantile bins among positives
               ) -> pd.DataFrame:
-    "One row per image: ImageId, fold, has_mask, area, area_bin (and PatientID with `meta`)."
-    if not isinstance(labels, pd.DataFrame): labels = read_labels(labels)
-    table = image_table(labels)[['ImageId', 'has_mask', 'area']].reset_index(drop=True)
+    "One row per image: ImageId, fold, has_mask, area, area_bin (and PatientID with `meta`); every label row checked first."
+    table = _checked_table(labels, meta)
+    if meta is not None: table['PatientID'] = _patients(table, meta)
     strata = area_strata(table, n_bins)
     _check_splits(n_splits, table, strata)
     table['area_bin'], table['fold'] = strata, -1
     if meta is None:
         split = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(table, strata)
     else:
-        table['PatientID'] = _patients(table, meta)
         split = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(table, strata, table['PatientID'])
     for k, (_, val) in enumerate(split): table.loc[val, 'fold'] = k
-    return table[['ImageId', 'fold', *[c for c in table.columns if c not in ('ImageId', 'fold')]]]
+    return table[['ImageId', 'fold', 'has_mask', 'area', 'area_bin', *(['PatientID'] if meta is not None else [])]]
 
 # %% ../nbs/05_folds.ipynb #9ccc6a91
 def fold_summary(folds: pd.DataFrame, # from `make_folds`
@@ -88,10 +107,23 @@ def save_folds(folds: pd.DataFrame, # from `make_folds`
     "Write folds as CSV, atomically."
     return write_bytes_atomic(path, folds.to_csv(index=False).encode())
 
+def _read_folds_csv(path: Path) -> pd.DataFrame:
+    "The CSV at `path`, or an error naming it."
+    if not path.is_file(): raise FileNotFoundError(f"Folds file {path} not found")
+    try: return pd.read_csv(path, dtype={'ImageId': str})
+    except pd.errors.EmptyDataError: raise ValueError(f"Folds file {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise ValueError(f"Folds file {path} is not a CSV: {e}") from None
+
 def load_folds(path: str | Path, # CSV written by `save_folds` (or any CSV with ImageId and fold)
               ) -> pd.DataFrame:
-    "Read a folds CSV, checking its columns."
-    df = pd.read_csv(path)
+    "Read a folds CSV, checking its columns, that it has rows and that every fold is a whole number >= 0."
+    path = Path(path)
+    df = _read_folds_csv(path)
     if not {'ImageId', 'fold'} <= set(df.columns):
         raise ValueError(f"{path}: a folds file needs columns ImageId and fold, got {list(df.columns)}")
-    return df
+    if not len(df): raise ValueError(f"Folds file {path} has a header but no rows")
+    fold = pd.to_numeric(df['fold'], errors='coerce')
+    if (bad := fold.isna() | (fold < 0) | (fold % 1 != 0)).any():
+        j = int(np.argmax(bad.to_numpy()))
+        raise ValueError(f"Folds file {path} line {j + 2}: fold must be a whole number >= 0, got {str(df['fold'][j])!r}")
+    return df.assign(fold=fold.astype(np.int64))

@@ -7,7 +7,7 @@ Docs: https://pneumokit.github.io/pneumokit/rle.html.md"""
 # %% ../nbs/01_rle.ipynb #345f73e1
 from __future__ import annotations
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import cv2
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['rle_decode', 'rle_encode', 'read_labels', 'group_labels', 'masks_from_rles']
+__all__ = ['rle_decode', 'rle_encode', 'read_labels', 'label_problems', 'check_labels', 'group_labels', 'masks_from_rles']
 
 # %% ../nbs/01_rle.ipynb #1a172953
 _EMPTY = ('', '-1')  # stripped strings that mean "no mask"
@@ -119,26 +119,114 @@ def rle_encode(mask: np.ndarray, # 2-D (H, W) mask in image orientation; nonzero
     return ' '.join(map(str, pairs.tolist()))
 
 # %% ../nbs/01_rle.ipynb #0f41c330
+_COLS = ['ImageId', 'EncodedPixels']
+
 def _read_csv(path: Path) -> pd.DataFrame:
-    "Every cell of the CSV at `path` as a stripped str (no header interpretation), or a `ValueError` naming the file."
-    try: df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding='utf-8-sig')
+    "Every cell of the CSV at `path` as a stripped str, blank lines kept (row k is line k+1), or a `ValueError` naming the file."
+    try: df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding='utf-8-sig', skip_blank_lines=False)
     except pd.errors.EmptyDataError: raise ValueError(f"Label file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
         raise ValueError(f"Label file {path} is not a 2-column CSV (ImageId, EncodedPixels): {e}") from None
     return df.apply(lambda c: c.str.strip())
 
-def read_labels(path: str | Path, # train-rle CSV (optionally .gz): with or without header, BOM, CRLF
-               ) -> pd.DataFrame:
-    "The label file as a DataFrame with columns `ImageId` and `EncodedPixels` (stripped strings), one row per line."
-    path = Path(path)
+def _from_file(path: Path) -> pd.DataFrame:
+    "The data rows of a label file (blank lines and header dropped); `attrs` keep the file (`src`) and each row's `lines`."
     if not path.is_file(): raise FileNotFoundError(f"Label file {path} not found")
     df = _read_csv(path)
     if df.shape[1] != 2:
         raise ValueError(f"Label file {path} has {df.shape[1]} columns, expected 2 (ImageId, EncodedPixels)")
-    df.columns = ['ImageId', 'EncodedPixels']
-    if len(df) and df.ImageId.iloc[0].lower() == 'imageid': df = df.iloc[1:].reset_index(drop=True)
-    if not len(df): raise ValueError(f"Label file {path} has a header but no rows")
+    df.columns, lines = _COLS, np.arange(1, len(df) + 1)
+    keep = ((df.ImageId != '') | (df.EncodedPixels != '')).to_numpy()
+    df, lines = df[keep], lines[keep]
+    header = bool(len(df)) and df.ImageId.iloc[0].lower() == 'imageid'
+    if header: df, lines = df.iloc[1:], lines[1:]
+    if not len(df): raise ValueError(f"Label file {path} {'has a header but no rows' if header else 'has no rows'}")
+    df = df.reset_index(drop=True)
+    df.attrs = dict(src=str(path), lines=lines.tolist())
     return df
+
+def _from_frame(labels: pd.DataFrame) -> pd.DataFrame:
+    "Its ImageId and EncodedPixels as stripped strings (missing: ''); file and lines kept while its rows are `read_labels`' own."
+    if missing := [c for c in _COLS if c not in labels.columns]:
+        raise ValueError(f"labels DataFrame lacks column(s) {missing}: expected {_COLS}, got {list(labels.columns)}")
+    df = labels[_COLS].fillna('').astype(str).apply(lambda c: c.str.strip()).reset_index(drop=True)
+    same_rows = labels.index.equals(pd.RangeIndex(len(labels))) and len(labels.attrs.get('lines', ())) == len(labels)
+    df.attrs = dict(labels.attrs) if same_rows else {}
+    return df
+
+# %% ../nbs/01_rle.ipynb #85c6d201
+def _row_where(df: pd.DataFrame, j: int) -> str:
+    "Where row `j` of `df` came from: 'line <n>' of the file `read_labels` read, else 'row <j>' of the frame."
+    lines = df.attrs.get('lines')
+    return f"line {lines[j]}" if lines else f"row {j}"
+
+def _origin(df: pd.DataFrame) -> str: return f"Label file {df.attrs['src']}" if df.attrs.get('src') else 'labels'
+
+
+def _blank_problems(df: pd.DataFrame, allow_blank: bool) -> list[dict]:
+    "Rows with a blank ImageId, and (unless `allow_blank`) rows with a blank EncodedPixels."
+    ids, rles = df.ImageId.to_numpy(), df.EncodedPixels.to_numpy()
+    out = [dict(row=j, ImageId='', check='blank-label', reason='blank ImageId') for j in np.flatnonzero(ids == '')]
+    if not allow_blank:
+        out += [dict(row=j, ImageId=ids[j], check='blank-label',
+                     reason=f"blank EncodedPixels for image {ids[j]!r} (write -1 for an image without a mask)")
+                for j in np.flatnonzero((rles == '') & (ids != ''))]
+    return sorted(out, key=lambda d: d['row'])
+
+def _raise_first(df: pd.DataFrame, bad: list[dict]) -> pd.DataFrame:
+    "`df` when `bad` is empty, else a `ValueError` naming where the first bad row is and how many there are."
+    if not bad: return df
+    more = f" ({len(bad) - 1} more bad row(s): `pneumokit.eda.audit` lists them all)" if len(bad) > 1 else ''
+    raise ValueError(f"{_origin(df)} {_row_where(df, bad[0]['row'])}: {bad[0]['reason']}{more}")
+
+def read_labels(labels: str | Path | pd.DataFrame, # train-rle CSV (optionally .gz; with or without header, BOM, CRLF), or a DataFrame with ImageId, EncodedPixels
+                allow_blank: bool = False, # read a blank EncodedPixels as "no mask" instead of failing
+               ) -> pd.DataFrame:
+    "The labels as columns `ImageId`, `EncodedPixels` (stripped strings), one row per line; a blank cell is an error naming its file and line."
+    df = _from_frame(labels) if isinstance(labels, pd.DataFrame) else _from_file(Path(labels))
+    return _raise_first(df, _blank_problems(df, allow_blank))
+
+# %% ../nbs/01_rle.ipynb #0e86b3c5
+_SIIM_SHAPE = (1024, 1024)  # every SIIM-ACR image (`pneumokit.core.SIIM_SIZE`, not imported here: core imports torch)
+
+def _shape_lookup(shapes) -> callable:
+    "ImageId → (H, W) from one shape for all, a mapping (others: 1024 x 1024) or `None` (all 1024 x 1024)."
+    if shapes is None: return lambda i: _SIIM_SHAPE
+    if isinstance(shapes, Mapping):
+        known = {k: _check_shape(v) for k, v in shapes.items()}
+        return lambda i: known.get(i, _SIIM_SHAPE)
+    one = _check_shape(shapes)
+    return lambda i: one
+
+def _rle_problems(df: pd.DataFrame, shapes) -> list[dict]:
+    "Rows whose RLE does not decode inside its image, with the decoder's reason (the rule of `rle_decode`)."
+    shape_of, out = _shape_lookup(shapes), []
+    for j, (i, r) in enumerate(zip(df.ImageId, df.EncodedPixels)):
+        if r in _EMPTY: continue
+        h, w = shape_of(i)
+        try: _runs(_parse_tokens(r, i), h*w, i)
+        except ValueError as e: out.append(dict(row=j, ImageId=i, check='invalid-rle', reason=str(e)))
+    return out
+
+# %% ../nbs/01_rle.ipynb #1fab09b7
+_PROBLEM_COLS = ['row', 'where', 'ImageId', 'check', 'reason']
+
+def label_problems(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, EncodedPixels)
+                   shapes: tuple[int, int] | Mapping[str, tuple[int, int]] | None = None, # (H, W) of every image, or ImageId → (H, W); others and None: 1024 x 1024
+                   allow_blank: bool = False, # a blank EncodedPixels means "no mask" instead of a problem
+                  ) -> pd.DataFrame:
+    "Every bad row: `row` (from 0), `where` (file and line, or row), `ImageId`, `check` ('blank-label' or 'invalid-rle'), `reason`."
+    df = read_labels(labels, allow_blank=True)  # a blank ImageId is always an error
+    bad = sorted(_blank_problems(df, allow_blank) + _rle_problems(df, shapes), key=lambda d: d['row'])
+    return pd.DataFrame([dict(b, where=_row_where(df, b['row'])) for b in bad], columns=_PROBLEM_COLS)
+
+def check_labels(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, EncodedPixels)
+                 shapes: tuple[int, int] | Mapping[str, tuple[int, int]] | None = None, # as in `label_problems`
+                 allow_blank: bool = False, # a blank EncodedPixels means "no mask" instead of an error
+                ) -> pd.DataFrame:
+    "`read_labels(labels)` when every row is valid, else a `ValueError` naming the file and line of the first bad row."
+    df = read_labels(labels, allow_blank=True)
+    return _raise_first(df, sorted(_blank_problems(df, allow_blank) + _rle_problems(df, shapes), key=lambda d: d['row']))
 
 # %% ../nbs/01_rle.ipynb #410025af
 def group_labels(labels: pd.DataFrame, # from `read_labels`: columns ImageId, EncodedPixels
@@ -151,7 +239,7 @@ def group_labels(labels: pd.DataFrame, # from `read_labels`: columns ImageId, En
     n = labels.groupby('ImageId', sort=False).size()
     out = pd.DataFrame({'ImageId': n.index.to_numpy(), 'rles': [rles.get(i, ()) for i in n.index],
                         'n_rows': n.to_numpy()})
-    out['has_mask'] = out.rles.str.len() > 0
+    out['has_mask'] = np.array([len(r) > 0 for r in out.rles], bool)  # `.str.len()` fails on no rows
     return out
 
 # %% ../nbs/01_rle.ipynb #951be5a2
