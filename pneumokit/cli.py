@@ -18,7 +18,9 @@ from fastcore.script import CliError, call_parse, parse_cli
 
 from . import pipeline
 from .config import load_config
+from .core import check_int
 from .ddp import is_launched, is_main, launch
+from .eda import describe_findings
 from .postprocess import rule_from_dict
 
 # %% auto #0
@@ -75,11 +77,12 @@ def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat)
             labels: str = None, # label CSV (train-rle.csv); masks are written only when given
             sizes: str = None, # or comma-separated sizes, e.g. '256,512,1024'
             workers: int = None, # worker processes (default: all cores)
+            force: bool = False, # rebuild every image (else only new ones and those whose labels changed)
            ) -> pd.DataFrame:
-    "Cache DICOMs (and masks) as PNG at a config's sizes (or --sizes); resumable."
+    "Cache DICOMs (and masks) as PNG at a config's sizes (or --sizes); resumable, rebuilding images whose labels changed."
     sz = _ints(sizes, '--sizes', 16) if sizes else None
     man = pipeline.prepare(_existing(dicoms, 'DICOM folder'), cache, _config(config) if config else None,
-                           labels=_existing(labels, 'label CSV') if labels else None, sizes=sz, n_workers=workers)
+                           labels=_existing(labels, 'label CSV') if labels else None, sizes=sz, n_workers=workers, force=force)
     counts = man['status'].value_counts().to_dict()
     print(f"cache in {cache}: " + ', '.join(f'{v} {k}' for k, v in counts.items()))
     return man
@@ -91,11 +94,12 @@ def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
           out: str = None, # write the findings as CSV here
           expected_size: int = 1024, # image side every DICOM should have
           workers: int = None, # worker processes (default: all cores)
+          show: int = 10, # findings listed (file, id, reason); all of them are in --out
          ) -> pd.DataFrame:
     "Check labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files."
     res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), out, expected_size=expected_size,
                          n_workers=workers)
-    print(f"audit: {len(res)} finding(s)" + (f"; by check: {res['check'].value_counts().to_dict()}" if len(res) else ''))
+    print(f"audit: {len(res)} finding(s)" + (f"\n{describe_findings(res, check_int('--show', show, 0))}" if len(res) else ''))
     return res
 
 # %% ../nbs/15_cli.ipynb #29e9d442

@@ -72,13 +72,14 @@ def prepare(dicoms: str | Path, # DICOM folder (Kaggle layout or flat)
             labels: str | Path | None = None, # label CSV: masks are cached too
             sizes: Sequence[int] | None = None, # or explicit sizes
             n_workers: int | None = None, # processes (default: all cores)
+            force: bool = False, # rebuild every image (else only new ones and those whose labels changed)
             progress: bool = True, # progress bar
            ) -> pd.DataFrame:
-    "Cache DICOMs (and masks) as PNG at the config's sizes; resumable (files already cached are skipped)."
+    "Cache DICOMs (and masks) as PNG at the config's sizes; resumable (images cached with the same labels are skipped)."
     if sizes is None:
         if cfg is None: raise ValueError("prepare needs a config (its sizes) or explicit sizes")
         sizes = as_config(cfg).sizes
-    return build_cache(dicoms, cache, sizes=tuple(sizes), labels=labels, n_workers=n_workers, progress=progress)
+    return build_cache(dicoms, cache, sizes=tuple(sizes), labels=labels, n_workers=n_workers, force=force, progress=progress)
 
 # %% ../nbs/14b_pipeline.ipynb #7a11c0e0
 def audit(labels: str | Path, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
