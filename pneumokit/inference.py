@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #081b8b04
 from __future__ import annotations
-import mmap
+import contextlib, errno, mmap, os, shutil, tempfile
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -132,6 +132,29 @@ def _to_uint8(p: torch.Tensor, # (N, H, W) probabilities
     return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
 
 # %% ../nbs/11_inference.ipynb #2e8bf4df
+_MARGIN = 2**20  # bytes beyond the maps: the .npy header, the ids and the image-level probabilities beside them
+
+def _mib(n: int) -> str: return f"{n / 2**20:,.1f} MiB"
+
+@contextlib.contextmanager
+def _writing(dest: Path):
+    "Turn an `OSError` while writing `dest` (a full disk, a lost mount) into one `ValueError` naming it."
+    try: yield
+    except OSError as e: raise ValueError(f"writing {dest} failed: {e.strerror or e}") from None
+
+def _check_room(dest: Path, nbytes: int) -> None:
+    "A `ValueError` naming `dest` when its filesystem has less than `nbytes` (and a margin) free."
+    free = shutil.disk_usage(dest.parent).free
+    if free < nbytes + _MARGIN:
+        raise ValueError(f"not enough space for {dest}: the maps need {_mib(nbytes + _MARGIN)}, its filesystem has {_mib(free)} free")
+
+def _reserve(path: Path, nbytes: int) -> None:
+    "Allocate the file's blocks now, so that a full disk fails here rather than as SIGBUS on a page of the memory map."
+    with open(path, 'r+b') as f:
+        try: os.posix_fallocate(f.fileno(), 0, nbytes)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS): raise  # unsupported: the free-space check stands
+
 class _MapWriter:
     "Stream (N, H, W) uint8 maps into `dest` (`.npy`) through a temporary memory map, renamed into place on `close`."
     def __init__(self, dest: Path, n: int, out_hw: tuple[int, int] | None):
@@ -140,12 +163,18 @@ class _MapWriter:
 
     def write(self, p: torch.Tensor):
         a = _to_uint8(p, self.out_hw)
-        if self.maps is None:
-            self.maps = np.lib.format.open_memmap(self.tmp, mode='w+', dtype=np.uint8, shape=(self.n, *a.shape[1:]))
         if self.i + len(a) > self.n: raise ValueError(f"more than the {self.n} maps announced for {self.dest}")
-        self.maps[self.i:self.i + len(a)] = a
-        self.i += len(a)
-        self._release()
+        with _writing(self.dest):
+            if self.maps is None: self._open(a.shape[1:])
+            self.maps[self.i:self.i + len(a)] = a
+            self.i += len(a)
+            self._release()
+
+    def _open(self, hw: tuple[int, int]):
+        "The temporary memory map, once the disk is known to hold it, its blocks reserved."
+        _check_room(self.dest, self.n * hw[0] * hw[1])
+        self.maps = np.lib.format.open_memmap(self.tmp, mode='w+', dtype=np.uint8, shape=(self.n, *hw))
+        _reserve(self.tmp, self.maps.offset + self.maps.nbytes)
 
     def _release(self):
         "Flush the written pages and drop them from this process's resident memory (they stay in the file)."
@@ -155,8 +184,9 @@ class _MapWriter:
 
     def close(self) -> Path:
         if self.i != self.n: raise ValueError(f"{self.i} maps written to {self.dest}, expected {self.n}")
-        self.maps.flush(); self.maps = None
-        self.tmp.replace(self.dest)
+        with _writing(self.dest):
+            self.maps.flush(); self.maps = None
+            self.tmp.replace(self.dest)
         return self.dest
 
     def abort(self):
@@ -184,17 +214,22 @@ def _stream(models: list[nn.Module], # the ensemble (checked)
         path = writer.close()
     except BaseException:
         writer.abort(); raise
-    if cls and all(c is not None for c in cls):
-        with atomic_write(maps_cls(dest)) as f: np.save(f, torch.cat(cls).float().cpu().numpy())
-    else: maps_cls(dest).unlink(missing_ok=True)  # none from an earlier ensemble may pass for these maps'
+    with _writing(maps_cls(dest)):
+        if cls and all(c is not None for c in cls):
+            with atomic_write(maps_cls(dest)) as f: np.save(f, torch.cat(cls).float().cpu().numpy())
+        else: maps_cls(dest).unlink(missing_ok=True)  # none from an earlier ensemble may pass for these maps'
     return path
 
 # %% ../nbs/11_inference.ipynb #1b82e3db
 def _check_dest(dest: str | Path) -> Path:
-    "A `.npy` destination whose folder exists (created when missing)."
+    "A `.npy` destination that can be written: not a folder, in a folder that exists (created when missing) and takes new files."
     dest = Path(dest)
     if dest.suffix != '.npy': raise ValueError(f"`dest` must be a .npy file, got {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir(): raise ValueError(f"`dest` {dest} is a folder: give the .npy file to write")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest.parent): pass  # the probe: a read-only or full folder fails here, before any work
+    except OSError as e: raise ValueError(f"cannot write `dest` {dest}: {e.strerror or e}") from None
     return dest
 
 # %% ../nbs/11_inference.ipynb #0d820e3f
@@ -225,6 +260,15 @@ def dicom_files(src: str | Path | Sequence[str | Path], # DICOM folder (any dept
     return files
 
 # %% ../nbs/11_inference.ipynb #98d046c4
+def _image_ids(files: Sequence[Path]) -> list[str]:
+    "The ImageId of each DICOM (headers only), or a `ValueError` naming two files that share one."
+    ids, seen = [], {}
+    for f in files:
+        i = image_id_of(f)
+        if i in seen: raise ValueError(f"{seen[i]} and {f} have the same ImageId {i}: a submission has one row per image, remove one")
+        seen[i] = f; ids.append(i)
+    return ids
+
 def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
                    src: str | Path | Sequence[str | Path], # DICOM folder (any depth) or list of files
                    size: int, # side the models take (images read with `read_dicom(path, size)`)
@@ -235,19 +279,16 @@ def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_
                    device: str | torch.device | None = None, # default: `get_device()` (CUDA: mixed precision)
                    n_workers: int = 0, # DataLoader processes reading the DICOMs
                   ) -> tuple[pd.DataFrame, Path]:
-    "Probability maps of DICOMs from a TTA ensemble, streamed into a uint8 `.npy` memory map; returns (ids, its path)."
+    "Probability maps of DICOMs from a TTA ensemble, streamed into a uint8 `.npy` memory map; returns (ids, its path). Two files of one ImageId are refused."
     models, _, dest, files = _check_models(models), get_tta(tta), _check_dest(dest), dicom_files(src)
     size, bs, device = check_int('size', size), check_int('bs', bs), get_device(device)
     check_int('n_workers', n_workers, 0)
-    out_hw, ids = _size_pair(out_size, 'out_size'), []
+    out_hw, ids = _size_pair(out_size, 'out_size'), _image_ids(files)
     dl = DataLoader(DicomDataset(files, size), batch_size=bs, num_workers=n_workers, pin_memory=device.type == 'cuda')
-    def to_x(batch):
-        imgs, batch_ids = batch
-        ids.extend(batch_ids)
-        return normalise(imgs.to(device, non_blocking=True))
+    to_x = lambda batch: normalise(batch[0].to(device, non_blocking=True))
     path = _stream(models, dl, to_x, len(files), dest, tta, out_hw, device)
     df = pd.DataFrame(dict(ImageId=ids, path=[str(f) for f in files]))
-    write_bytes_atomic(maps_ids(dest), df.to_csv(index=False).encode())
+    with _writing(maps_ids(dest)): write_bytes_atomic(maps_ids(dest), df.to_csv(index=False).encode())
     return df, path
 
 # %% ../nbs/11_inference.ipynb #cec48877

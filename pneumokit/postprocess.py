@@ -1,4 +1,4 @@
-"""From probability maps to masks: the 1st-place (top, min_area, bottom) triplet, small-component removal, positive-ratio and classifier gates, an exact vectorised search of their grids on out-of-fold maps, and the threshold rules as values: a registry whose entries apply, stream, search, plot and serialise themselves.
+"""From probability maps to masks: the 1st-place (top, min_area, bottom) triplet, small-component removal, positive-ratio and classifier gates, one validator of probability maps, an exact vectorised search of their grids on out-of-fold maps, and the threshold rules as values: a registry whose entries apply, stream, search, plot and serialise themselves.
 
 Docs: https://pneumokit.github.io/pneumokit/postprocess.html.md"""
 
@@ -8,6 +8,7 @@ Docs: https://pneumokit.github.io/pneumokit/postprocess.html.md"""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
@@ -20,10 +21,10 @@ from matplotlib.figure import Figure
 from .core import check_int, check_prob
 
 # %% auto #0
-__all__ = ['THRESHOLD_RULES', 'level_cut', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate', 'classifier_gate',
-           'map_histograms', 'grid_scores', 'search_thresholds', 'ratio_grid_scores', 'search_ratio_gate',
-           'plot_search', 'ThresholdRule', 'TripletRule', 'SingleRule', 'RatioRule', 'classifier_grid_scores',
-           'ClassifierRule', 'get_rule', 'rule_from_dict']
+__all__ = ['THRESHOLD_RULES', 'level_cut', 'check_maps', 'apply_triplet', 'remove_small_components', 'positive_ratio_gate',
+           'classifier_gate', 'map_histograms', 'grid_scores', 'search_thresholds', 'ratio_grid_scores',
+           'search_ratio_gate', 'plot_search', 'ThresholdRule', 'TripletRule', 'SingleRule', 'RatioRule',
+           'classifier_grid_scores', 'ClassifierRule', 'get_rule', 'rule_from_dict']
 
 # %% ../nbs/12_postprocess.ipynb #43b4dc8a
 def _check_threshold(t, name: str) -> float: return check_prob(name, t)
@@ -34,17 +35,51 @@ def level_cut(t: float, # threshold in [0, 1]
     "The uint8 level `c` such that `u/255 > t` ⇔ `u > c`, i.e. `floor(t·255)`."
     return int(np.floor(_check_threshold(t, 't') * 255))
 
+# %% ../nbs/12_postprocess.ipynb #a1c0de02
+_FLOATS = (np.float16, np.float32, np.float64)
+
+def _in(src) -> str: return f" in {src}" if src else ''
+
+def _check_dtype(dtype: np.dtype, name: str, src, masks: bool) -> None:
+    if dtype == np.uint8 or dtype in _FLOATS or (masks and dtype == np.bool_): return
+    if dtype == np.bool_: raise ValueError(f"{name}{_in(src)} are bool masks, not probability maps: give uint8 (0-255) or float in [0, 1]")
+    raise ValueError(f"{name}{_in(src)} must be uint8 (0-255) or float in [0, 1]{', or bool masks' if masks else ''}, got dtype {dtype}")
+
+def _check_values(a: np.ndarray, name: str, src, start: int) -> None:
+    "A chunk N×H×W of float maps: each value finite and in [0, 1] (`min`/`max` propagate NaN), else the first bad one."
+    if not a.size or (a.min() >= 0 and a.max() <= 1): return
+    bad = ~((a >= 0) & (a <= 1))
+    i = int(np.argmax(bad.reshape(len(a), -1).any(1)))
+    raise ValueError(f"{name}{_in(src)}: map {start + i} holds {a[i][bad[i]][0].item()!r}; float maps must be probabilities, "
+                     f"finite and in [0, 1] (uint8 maps hold the levels 0-255)")
+
+def check_maps(maps, # an N×H×W array or memmap, one H×W map, or a list of per-fold N×H×W arrays
+               name: str = 'maps', # what they are, for messages
+               src: str | Path | None = None, # the file they came from, for messages (default: a memmap's own file)
+               masks: bool = False, # accept bool maps, as masks
+               start: int = 0, # the index of the first map, for messages (checking a stream map by map)
+               chunk_mb: float = 64, # at most this much of a memmap is read at a time
+              ):
+    "`maps`, untouched, when they are uint8 (any value), float16/32/64 finite in [0, 1], or bool with `masks`; else a `ValueError` naming the file, the first bad map and its value."
+    if isinstance(maps, (list, tuple)):
+        for a in maps: check_maps(a, name, src, masks, start, chunk_mb); start += len(a)
+        return maps
+    src = src or getattr(maps, 'filename', None)
+    a = maps if isinstance(maps, np.ndarray) else np.asarray(maps)
+    if a.ndim not in (2, 3): raise ValueError(f"{name}{_in(src)} must be a map H×W or a batch N×H×W, got shape {a.shape}")
+    _check_dtype(a.dtype, name, src, masks)
+    if a.dtype not in _FLOATS: return maps  # uint8 levels and bool masks: every value is valid
+    b = a[None] if a.ndim == 2 else a
+    step = max(1, int(chunk_mb * 2**20) // max(1, b[0].nbytes))
+    for s in range(0, len(b), step): _check_values(np.asarray(b[s:s + step]), name, src, start + s)
+    return maps
+
 # %% ../nbs/12_postprocess.ipynb #845ddec0
 def _above(prob: np.ndarray, t: float) -> np.ndarray:
-    "Bool map of `prob > t`, with the exact integer cut on uint8 maps."
-    return prob > level_cut(t) if prob.dtype == np.uint8 else prob > t
+    "Bool map of `prob > t`: the exact integer cut on uint8 maps, the threshold in the map's own precision on float maps."
+    return prob > level_cut(t) if prob.dtype == np.uint8 else prob > prob.dtype.type(t)
 
-def _check_probs(prob, name: str = 'prob') -> np.ndarray:
-    prob = np.asarray(prob)
-    if prob.ndim not in (2, 3): raise ValueError(f"{name} must be a map H×W or a batch N×H×W, got shape {prob.shape}")
-    if prob.dtype != np.uint8 and not np.issubdtype(prob.dtype, np.floating):
-        raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got dtype {prob.dtype}")
-    return prob
+def _check_probs(prob, name: str = 'prob') -> np.ndarray: return check_maps(np.asarray(prob), name, getattr(prob, 'filename', None))
 
 def apply_triplet(prob, # probability map H×W or batch N×H×W: float in [0, 1] or uint8 0-255
                   top: float, # gate threshold in [0, 1]
@@ -122,53 +157,76 @@ def _images(arrs: list):
     for a in arrs:
         for i in range(len(a)): yield np.asarray(a[i])
 
-def _quantise(p: np.ndarray, i: int) -> np.ndarray:
-    if p.dtype == np.uint8: return p
-    if not np.issubdtype(p.dtype, np.floating) or p.min() < 0 or p.max() > 1:
-        raise ValueError(f"probs must be uint8 0-255 or float in [0, 1]; image {i} has dtype {p.dtype}, range [{p.min()}, {p.max()}]")
-    return np.round(p * 255).astype(np.uint8)
-
-# %% ../nbs/12_postprocess.ipynb #1e707858
-def _image_hists(p: np.ndarray, t: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-    "256-level histograms of one uint8 map: all pixels, and the truth's pixels."
-    if p.shape != t.shape: raise ValueError(f"probs and targs differ in shape at image {i}: {p.shape} vs {t.shape}")
-    if t.dtype != np.bool_:
-        if t.size and t.max() > 1: raise ValueError(f"targs must be 0/1 masks; image {i} has values up to {t.max()}")
-        t = t.view(np.bool_) if t.dtype == np.uint8 else t != 0
-    p = p.ravel()
-    return np.bincount(p, minlength=256), np.bincount(p[t.ravel()], minlength=256)
-
-def map_histograms(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (memmaps are fine)
-                   targs, # 0/1 truth masks N×H×W, or a list, in the same image order
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    "Per-image counts of each uint8 level `(N, 256)`: over all pixels, and over the truth's pixels."
-    ps, ts = _as_list(probs, 'probs'), _as_list(targs, 'targs')
-    n, nt = sum(map(len, ps)), sum(map(len, ts))
-    if n != nt: raise ValueError(f"probs hold {n} images but targs {nt}")
-    hist, hist_pos = np.zeros((n, 256), np.int64), np.zeros((n, 256), np.int64)
-    for i, (p, t) in enumerate(zip(_images(ps), _images(ts))):
-        hist[i], hist_pos[i] = _image_hists(_quantise(p, i), t, i)
-    return hist, hist_pos
-
-# %% ../nbs/12_postprocess.ipynb #31b70e46
-def _suffix(hist: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    "Pixels above each level cut: `(N, len(cuts))` suffix sums of the histograms."
-    above = np.zeros((len(hist), 257), np.int64)
-    above[:, :256] = hist[:, ::-1].cumsum(1)[:, ::-1]  # above[:, v] = pixels at level ≥ v
-    return above[:, cuts + 1]
-
 def _check_grid(values, name: str, check) -> np.ndarray:
     vals = [v.item() if isinstance(v, np.generic) else v for v in (list(values) if np.ndim(values) else [values])]
     if not vals: raise ValueError(f"{name} must hold at least one value")
     return np.array([check(v, name) for v in vals])
 
-def _image_dice(hist: np.ndarray, hist_pos: np.ndarray, bottoms: np.ndarray):
+_LEVELS = np.arange(255) / 255  # the cuts between uint8 levels: bin v of a float map holds (v-1)/255 < p ≤ v/255
+
+def _bins(p: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+    "Each pixel's bin: how many of the sorted `edges` it is above, compared as `_above` does; no edges: its uint8 level."
+    if edges is None:
+        if p.dtype == np.uint8: return p
+        edges = _LEVELS
+    if p.dtype == np.uint8: return np.searchsorted([level_cut(e) for e in edges], np.arange(256), 'left')[p]
+    return np.searchsorted(edges.astype(p.dtype), p, 'left')  # monotone cast: still sorted, ties included
+
+# %% ../nbs/12_postprocess.ipynb #1e707858
+def _image_hists(p: np.ndarray, t: np.ndarray, i: int, edges: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    "Bin counts of one map: all pixels, and the truth's pixels."
+    if p.shape != t.shape: raise ValueError(f"probs and targs differ in shape at image {i}: {p.shape} vs {t.shape}")
+    if t.dtype != np.bool_:
+        if t.size and t.max() > 1: raise ValueError(f"targs must be 0/1 masks; image {i} has values up to {t.max()}")
+        t = t.view(np.bool_) if t.dtype == np.uint8 else t != 0
+    b, n = _bins(p, edges).ravel(), 256 if edges is None else len(edges) + 1
+    return np.bincount(b, minlength=n), np.bincount(b[t.ravel()], minlength=n)
+
+def map_histograms(probs, # uint8 or float [0, 1] maps N×H×W, or a list of per-fold arrays (memmaps are fine)
+                   targs, # 0/1 truth masks N×H×W, or a list, in the same image order
+                   edges: Sequence[float] | None = None, # thresholds to cut the bins at (exact counts above each, any dtype); None: the 256 levels
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    "Per-image bin counts `(N, 256)` (or `(N, len(edges) + 1)`): over all pixels, and over the truth's pixels."
+    ps, ts = _as_list(probs, 'probs'), _as_list(targs, 'targs')
+    check_maps(ps, 'probs')
+    edges = None if edges is None else np.unique(_check_grid(edges, 'edges', _check_threshold).astype(float))
+    n, nt, nb = sum(map(len, ps)), sum(map(len, ts)), 256 if edges is None else len(edges) + 1
+    if n != nt: raise ValueError(f"probs hold {n} images but targs {nt}")
+    hist, hist_pos = np.zeros((n, nb), np.int64), np.zeros((n, nb), np.int64)
+    for i, (p, t) in enumerate(zip(_images(ps), _images(ts))):
+        hist[i], hist_pos[i] = _image_hists(p, t, i, edges)
+    return hist, hist_pos
+
+# %% ../nbs/12_postprocess.ipynb #31b70e46
+def _suffix(hist: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    "Pixels above each cut: `(N, len(cuts))` suffix sums of the histograms, from bin `cut + 1`."
+    above = np.zeros((len(hist), hist.shape[1] + 1), np.int64)
+    above[:, :-1] = hist[:, ::-1].cumsum(1)[:, ::-1]  # above[:, v] = pixels in bin ≥ v
+    return above[:, cuts + 1]
+
+def _cuts(ts: np.ndarray, edges: np.ndarray | None, n_bins: int) -> np.ndarray:
+    "Each threshold's cut: its uint8 level cut (no edges), or its index among the histograms' `edges`."
+    if n_bins != (256 if edges is None else len(edges) + 1):
+        raise ValueError(f"histograms of {n_bins} bins do not match {'the 256 levels' if edges is None else f'{len(edges)} edges'}")
+    if edges is None: return np.array([level_cut(t) for t in ts], int)
+    j = np.minimum(np.searchsorted(edges, ts), len(edges) - 1)
+    if (miss := edges[j] != ts).any():
+        raise ValueError(f"threshold {ts[miss][0]} is not one of the histograms' edges: count the maps with edges holding every threshold searched")
+    return j
+
+def _image_dice(hist: np.ndarray, hist_pos: np.ndarray, bottoms: np.ndarray, edges: np.ndarray | None = None):
     "Per image: Dice with the mask at each bottom `(N, B)`, Dice of an empty mask `(N,)`, predicted areas `(N, B)`."
-    cuts = np.array([level_cut(b) for b in bottoms])
+    cuts = _cuts(bottoms, edges, hist.shape[1])
     pred, inter, truth = _suffix(hist, cuts), _suffix(hist_pos, cuts), hist_pos.sum(1)[:, None]
     total = pred + truth
     d1 = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
     return d1, (truth[:, 0] == 0).astype(float), pred
+
+def _search_edges(probs, **thresholds) -> np.ndarray | None:
+    "The bins of an exact search: None (the 256 levels) when every map is uint8, else the grid's thresholds, checked."
+    vals = [_check_grid(v, k, _check_threshold) for k, v in thresholds.items()]
+    if all(np.asarray(a).dtype == np.uint8 for a in _as_list(probs, 'probs')): return None
+    return np.unique(np.concatenate(vals).astype(float))
 
 # %% ../nbs/12_postprocess.ipynb #213f99c1
 def _mean_over(gate: np.ndarray, d1: np.ndarray, d0: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -177,17 +235,18 @@ def _mean_over(gate: np.ndarray, d1: np.ndarray, d0: np.ndarray, rows: np.ndarra
     if not n: return np.full((gate.shape[1], d1.shape[1]), np.nan)
     return (g.T @ d1[rows] + (1 - g).T @ d0[rows][:, None]) / n
 
-def grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map_histograms`
-                hist_pos: np.ndarray, # (N, 256) level counts over each truth's pixels
+def grid_scores(hist: np.ndarray, # (N, bins) counts of each map, from `map_histograms`
+                hist_pos: np.ndarray, # (N, bins) counts over each truth's pixels
                 tops: Sequence[float], # gate thresholds in [0, 1]
                 areas: Sequence[int], # minimum areas (pixels > top) of a positive image
                 bottoms: Sequence[float], # mask thresholds in [0, 1]
+                edges: np.ndarray | None = None, # the thresholds `map_histograms` cut the bins at; None: the 256 levels
                ) -> pd.DataFrame:
     "Kaggle Dice of every (top, area, bottom) triplet, best first, from the per-image histograms."
     tops, bottoms = _check_grid(tops, 'tops', _check_threshold), _check_grid(bottoms, 'bottoms', _check_threshold)
     areas = _check_grid(areas, 'areas', _check_area)
-    gate = (_suffix(hist, np.array([level_cut(t) for t in tops]))[:, :, None] >= areas).reshape(len(hist), -1).astype(float)
-    d1, d0, pred = _image_dice(hist, hist_pos, bottoms)
+    gate = (_suffix(hist, _cuts(tops, edges, hist.shape[1]))[:, :, None] >= areas).reshape(len(hist), -1).astype(float)
+    d1, d0, pred = _image_dice(hist, hist_pos, bottoms, edges)
     pos = d0 == 0
     scores = {k: _mean_over(gate, d1, d0, r) for k, r in [('dice', np.ones(len(d0), bool)), ('dice_pos', pos), ('dice_neg', ~pos)]}
     n_pred_pos = gate.T @ (pred > 0)
@@ -197,26 +256,28 @@ def grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map
     return df.sort_values('dice', ascending=False, kind='stable', ignore_index=True)
 
 # %% ../nbs/12_postprocess.ipynb #f04f8874
-def search_thresholds(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (e.g. from `RunDir.load_oof`)
+def search_thresholds(probs, # uint8 or float [0, 1] maps N×H×W, or a list of per-fold arrays (e.g. from `RunDir.load_oof`)
                       targs, # 0/1 truth masks N×H×W, or a list, in the same image order
                       tops: Sequence[float], # gate thresholds in [0, 1]
                       areas: Sequence[int], # minimum areas of a positive image
                       bottoms: Sequence[float], # mask thresholds in [0, 1]
                      ) -> pd.DataFrame:
-    "Kaggle Dice of `apply_triplet` for every (top, area, bottom), one row each, best first: one pass over the maps."
-    return grid_scores(*map_histograms(probs, targs), tops, areas, bottoms)
+    "Kaggle Dice of `apply_triplet` for every (top, area, bottom), one row each, best first: one pass over the maps, exact for any dtype."
+    edges = _search_edges(probs, tops=tops, bottoms=bottoms)
+    return grid_scores(*map_histograms(probs, targs, edges), tops, areas, bottoms, edges)
 
 # %% ../nbs/12_postprocess.ipynb #a0665e04
 def _nanmean(x: np.ndarray) -> float: return float(x.mean()) if len(x) else float('nan')
 
-def ratio_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map_histograms`
-                      hist_pos: np.ndarray, # (N, 256) level counts over each truth's pixels
+def ratio_grid_scores(hist: np.ndarray, # (N, bins) counts of each map, from `map_histograms`
+                      hist_pos: np.ndarray, # (N, bins) counts over each truth's pixels
                       ratios: Sequence[float], # fractions of images kept positive, in [0, 1]
                       bottoms: Sequence[float], # mask thresholds in [0, 1]
+                      edges: np.ndarray | None = None, # the thresholds `map_histograms` cut the bins at; None: the 256 levels
                      ) -> pd.DataFrame:
     "Kaggle Dice of the positive-ratio gate for every (ratio, bottom), best first, from the per-image histograms."
     ratios, bottoms = _check_grid(ratios, 'ratios', _check_threshold), _check_grid(bottoms, 'bottoms', _check_threshold)
-    d1, d0, pred = _image_dice(hist, hist_pos, bottoms)
+    d1, d0, pred = _image_dice(hist, hist_pos, bottoms, edges)
     pos, rows = d0 == 0, []
     for j, b in enumerate(bottoms):
         for r in ratios:
@@ -226,13 +287,14 @@ def ratio_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, fro
                              n_pred_pos=int(keep.sum())))
     return pd.DataFrame(rows).sort_values('dice', ascending=False, kind='stable', ignore_index=True)
 
-def search_ratio_gate(probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays
+def search_ratio_gate(probs, # uint8 or float [0, 1] maps N×H×W, or a list of per-fold arrays
                       targs, # 0/1 truth masks N×H×W, or a list, in the same image order
                       ratios: Sequence[float], # fractions of images kept positive
                       bottoms: Sequence[float], # mask thresholds
                      ) -> pd.DataFrame:
     "Kaggle Dice of `positive_ratio_gate` on `prob > bottom` masks for every (ratio, bottom), best first."
-    return ratio_grid_scores(*map_histograms(probs, targs), ratios, bottoms)
+    edges = _search_edges(probs, bottoms=bottoms)
+    return ratio_grid_scores(*map_histograms(probs, targs, edges), ratios, bottoms, edges)
 
 # %% ../nbs/12_postprocess.ipynb #50ded187
 def _heatmap(ax, res: pd.DataFrame, best: pd.Series) -> None:
@@ -263,6 +325,7 @@ def plot_search(results: pd.DataFrame, # from `search_thresholds`
 # %% ../nbs/12_postprocess.ipynb #211857a6
 _CHECKS = {**dict.fromkeys(('top', 'bottom', 'threshold', 'ratio', 'cls_threshold'), _check_threshold), 'area': _check_area,
            **dict.fromkeys(('tops', 'bottoms', 'ratios', 'cls_thresholds'), _check_threshold), 'areas': _check_area}
+_MAP_THRESHOLDS = ('tops', 'bottoms')  # the grid fields that threshold the maps' pixels: the bins of a search on float maps
 
 def _plain(v):
     "A numpy scalar as the Python int/float it holds (JSON-able, and equal to the value it came from)."
@@ -278,9 +341,8 @@ def _n_maps(maps) -> int:
 def _map(maps, i: int) -> np.ndarray:
     "Map `i` read on its own (one row of a memmap), checked to be an H×W probability map."
     m = np.asarray(maps[i])
-    if m.ndim != 2 or (m.dtype != np.uint8 and not np.issubdtype(m.dtype, np.floating)):
-        raise ValueError(f"maps[{i}] must be an H×W map of uint8 (0-255) or float (0-1), got {m.dtype} of shape {m.shape}")
-    return m
+    if m.ndim != 2: raise ValueError(f"maps[{i}] must be an H×W map of uint8 (0-255) or float (0-1), got {m.dtype} of shape {m.shape}")
+    return check_maps(m, 'maps', getattr(maps, 'filename', None), start=i)
 
 def _cls_array(cls_probs) -> np.ndarray:
     "Image-level probabilities as one float array: an (N,) array, or a list of per-fold arrays concatenated."
@@ -391,15 +453,16 @@ def _grid_values(rule: type[ThresholdRule], grid) -> dict[str, np.ndarray]:
     return out
 
 @patch(cls_method=True)
-def search(cls: ThresholdRule, probs, # uint8 (or float [0, 1]) maps N×H×W, or a list of per-fold arrays (memmaps are fine)
+def search(cls: ThresholdRule, probs, # uint8 or float [0, 1] maps N×H×W, or a list of per-fold arrays (memmaps are fine)
            targs, # 0/1 truth masks N×H×W, or a list, in the same image order
            grid: Mapping[str, Sequence], # the values to try, under the rule's `grid_keys` (other keys are ignored)
            cls_probs=None, # image-level probabilities (N,) or a list of per-fold arrays, for rules with `needs_cls`
           ) -> pd.DataFrame:
-    "Kaggle Dice of the rule at every grid point, best first: columns `keys` + dice, dice_pos, dice_neg, n_pred_pos. One pass over the maps."
+    "Kaggle Dice of the rule at every grid point, best first: columns `keys` + dice, dice_pos, dice_neg, n_pred_pos. One pass over the maps, exact for any dtype."
     values = _grid_values(cls, grid)
     c = cls.check_cls_probs(cls_probs, sum(map(len, _as_list(probs, 'probs'))))
-    return cls._scores(*map_histograms(probs, targs), values, c)
+    edges = _search_edges(probs, **{k: v for k, v in values.items() if k in _MAP_THRESHOLDS})
+    return cls._scores(*map_histograms(probs, targs, edges), values, c, edges)
 
 @patch(cls_method=True)
 def best(cls: ThresholdRule, results: pd.DataFrame, # from `search`, best first
@@ -436,7 +499,7 @@ class TripletRule(ThresholdRule):
         return _above(m, self.bottom).view(np.uint8)
 
     @classmethod
-    def _scores(cls, hist, hist_pos, g, cls_probs): return grid_scores(hist, hist_pos, g['tops'], g['areas'], g['bottoms'])
+    def _scores(cls, hist, hist_pos, g, cls_probs, edges): return grid_scores(hist, hist_pos, g['tops'], g['areas'], g['bottoms'], edges)
     @classmethod
     def plot(cls, results: pd.DataFrame) -> Figure: return plot_search(results)
 
@@ -452,9 +515,9 @@ class SingleRule(ThresholdRule):
         return None if np.count_nonzero(above) < self.area else above.view(np.uint8)
 
     @classmethod
-    def _scores(cls, hist, hist_pos, g, cls_probs):
+    def _scores(cls, hist, hist_pos, g, cls_probs, edges):
         "The triplets of `tops × areas × tops` whose top equals bottom."
-        res = grid_scores(hist, hist_pos, g['tops'], g['areas'], g['tops'])
+        res = grid_scores(hist, hist_pos, g['tops'], g['areas'], g['tops'], edges)
         res = res[res.top == res.bottom].drop(columns='bottom').rename(columns={'top': 'threshold'})
         return res.reset_index(drop=True)
 
@@ -478,14 +541,15 @@ class RatioRule(ThresholdRule):
         for i in range(n): yield each.mask(_map(maps, i)) if keep[i] else None
 
     @classmethod
-    def _scores(cls, hist, hist_pos, g, cls_probs): return ratio_grid_scores(hist, hist_pos, g['ratios'], g['bottoms'])
+    def _scores(cls, hist, hist_pos, g, cls_probs, edges): return ratio_grid_scores(hist, hist_pos, g['ratios'], g['bottoms'], edges)
 
 # %% ../nbs/12_postprocess.ipynb #65d5b3ca
-def classifier_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map, from `map_histograms`
-                           hist_pos: np.ndarray, # (N, 256) level counts over each truth's pixels
+def classifier_grid_scores(hist: np.ndarray, # (N, bins) counts of each map, from `map_histograms`
+                           hist_pos: np.ndarray, # (N, bins) counts over each truth's pixels
                            cls_probs, # image-level probabilities (N,) of the same images
                            cls_thresholds: Sequence[float], # classifier thresholds in [0, 1]: images below are emptied
                            bottoms: Sequence[float], # mask thresholds in [0, 1]
+                           edges: np.ndarray | None = None, # the thresholds `map_histograms` cut the bins at; None: the 256 levels
                           ) -> pd.DataFrame:
     "Kaggle Dice of `classifier_gate` on `prob > bottom` masks for every (cls_threshold, bottom), best first, from the histograms."
     cls_thresholds = _check_grid(cls_thresholds, 'cls_thresholds', _check_threshold)
@@ -493,7 +557,7 @@ def classifier_grid_scores(hist: np.ndarray, # (N, 256) level counts of each map
     cls_probs = np.asarray(cls_probs, float)
     if cls_probs.shape != (len(hist),): raise ValueError(f"cls_probs must have shape ({len(hist)},), got {cls_probs.shape}")
     gate = (cls_probs[:, None] >= cls_thresholds).astype(float)  # (N, C): which images each threshold keeps
-    d1, d0, pred = _image_dice(hist, hist_pos, bottoms)
+    d1, d0, pred = _image_dice(hist, hist_pos, bottoms, edges)
     pos = d0 == 0
     scores = {k: _mean_over(gate, d1, d0, r) for k, r in [('dice', np.ones(len(d0), bool)), ('dice_pos', pos), ('dice_neg', ~pos)]}
     c, b = np.meshgrid(cls_thresholds, bottoms, indexing='ij')
@@ -510,8 +574,8 @@ class ClassifierRule(ThresholdRule):
     def _one(self, m, c): return None if c < self.cls_threshold else _above(m, self.bottom).view(np.uint8)
 
     @classmethod
-    def _scores(cls, hist, hist_pos, g, cls_probs):
-        return classifier_grid_scores(hist, hist_pos, cls_probs, g['cls_thresholds'], g['bottoms'])
+    def _scores(cls, hist, hist_pos, g, cls_probs, edges):
+        return classifier_grid_scores(hist, hist_pos, cls_probs, g['cls_thresholds'], g['bottoms'], edges)
 
 # %% ../nbs/12_postprocess.ipynb #1e05b7df
 THRESHOLD_RULES: dict[str, type[ThresholdRule]] = {r.name: r for r in (TripletRule, SingleRule, RatioRule, ClassifierRule)}
@@ -523,14 +587,23 @@ def get_rule(name: str, # a key of `THRESHOLD_RULES`
         raise KeyError(f"Unknown threshold rule {name!r}; valid: {', '.join(THRESHOLD_RULES)}")
     return THRESHOLD_RULES[name]
 
-def rule_from_dict(d: Mapping, # `to_dict`'s output or a run's saved rule; extra keys (size, dice, ...) are ignored
-                  ) -> ThresholdRule:
-    "The rule a dict describes: its `'rule'` (or the legacy `'gate'`; neither: `'triplet'`) and its parameters."
-    if not isinstance(d, Mapping): raise ValueError(f"d must be a mapping like {{'rule': 'triplet', 'top': 0.6, ...}}, got {type(d).__name__}")
+def _rule_of(d: Mapping) -> ThresholdRule:
+    "The rule of a checked mapping: its class from the registry, each parameter (under its own or its legacy key) validated."
     rule = get_rule(d.get('rule', d.get('gate', 'triplet')))
     params = {}
     for k in rule.keys:
-        src = k if k in d else rule._legacy.get(k, k)
-        if src not in d: raise ValueError(f"the {rule.name} rule needs {k!r}, missing from {sorted(map(str, d))}")
-        params[k] = d[src]
+        key = k if k in d else rule._legacy.get(k, k)
+        if key not in d: raise ValueError(f"the {rule.name} rule needs {k!r}, missing from {sorted(map(str, d))}")
+        params[k] = d[key]
+    if 'size' in d: check_int('size', d['size'])  # the map side its pixel counts refer to, read by whoever scales it
     return rule(**params)
+
+def rule_from_dict(d: Mapping, # `to_dict`'s output or a run's saved rule; extra keys (dice, folds, ...) are ignored
+                   src: str | Path | None = None, # where `d` was read from (a `thresholds.json`), named in every error
+                  ) -> ThresholdRule:
+    "The rule a dict describes: its `'rule'` (or the legacy `'gate'`; neither: `'triplet'`) and its parameters, all checked (and a `size`, when given)."
+    at = f"{src}: " if src else ''
+    if not isinstance(d, Mapping): raise ValueError(f"{at}d must be a mapping like {{'rule': 'triplet', 'top': 0.6, ...}}, got {type(d).__name__}")
+    try: return _rule_of(d)
+    except ValueError as e: raise ValueError(f"{at}{e}") from None
+    except KeyError as e: raise KeyError(f"{at}{e.args[0]}") from None

@@ -16,22 +16,18 @@ import pandas as pd
 from fastprogress.fastprogress import progress_bar
 
 from .core import SIIM_SIZE, atomic_write
-from .postprocess import ThresholdRule, TripletRule, apply_triplet, remove_small_components
+from .postprocess import ThresholdRule, TripletRule, apply_triplet, check_maps, remove_small_components
 from .rle import read_labels, rle_decode, rle_encode
 
 # %% auto #0
 __all__ = ['encode_map', 'make_submission', 'validate_submission']
 
 # %% ../nbs/13_submission.ipynb #cf5359e4
-_PROB_DTYPES = (np.uint8, np.float16, np.float32, np.float64)
-
-def _check_map(m, i: int) -> np.ndarray:
-    "Map number `i` as a 2-D array of a supported dtype, or a `ValueError` naming it."
+def _check_map(m, i: int, binary: bool | None = None) -> np.ndarray:
+    "Map number `i` as a 2-D array that `check_maps` accepts (bool too unless `binary=False`), or a `ValueError` naming it."
     m = np.asarray(m)
     if m.ndim != 2: raise ValueError(f"map {i} must be 2-D (H, W), got shape {m.shape}")
-    if m.dtype != bool and m.dtype not in _PROB_DTYPES:
-        raise ValueError(f"map {i} has dtype {m.dtype}; expected bool, uint8 (0-255) or float (0-1)")
-    return m
+    return check_maps(m, 'probs_or_masks', masks=binary is not False, start=i)
 
 def _resize(m: np.ndarray, size: int, binary: bool) -> np.ndarray:
     "`m` at (size, size): bilinear for probabilities, nearest for masks; no copy when it is already there."
@@ -71,7 +67,10 @@ def encode_map(m: np.ndarray, # (H, W) probability map (uint8 0-255 / float 0-1)
                size: int = SIIM_SIZE, # output side in pixels
               ) -> str:
     "The Kaggle RLE of one map after resizing it to `size` and binarising it with the rule (probabilities only)."
-    rule = _as_rule(rule, top, min_area, bottom)
+    return _map_rle(_check_map(m, 0, binary), _as_rule(rule, top, min_area, bottom), cls_prob, min_size, binary, size)
+
+def _map_rle(m: np.ndarray, rule: ThresholdRule, cls_prob: float | None, min_size: int, binary: bool | None, size: int) -> str:
+    "`encode_map` of a checked map."
     is_mask = m.dtype == bool if binary is None else binary
     m = _resize(m, size, is_mask)
     if is_mask: return rle_encode(m)
@@ -95,15 +94,15 @@ def _first(ids: Sequence, n: int = 5) -> str:
     return ', '.join(map(str, ids[:n])) + (', ...' if len(ids) > n else '')
 
 # %% ../nbs/13_submission.ipynb #aaf27b96
-def _maps(probs_or_masks, n: int) -> Iterator[np.ndarray]:
-    "Exactly `n` validated maps from an (N, H, W) array or an iterable of (H, W) maps, one at a time."
+def _maps(probs_or_masks, n: int, binary: bool | None) -> Iterator[np.ndarray]:
+    "Exactly `n` maps from an (N, H, W) array (checked already) or an iterable of (H, W) maps (each checked), one at a time."
     if isinstance(probs_or_masks, np.ndarray) and probs_or_masks.ndim != 3:
         raise ValueError(f"probs_or_masks must be (N, H, W) or an iterable of (H, W) maps, got shape {probs_or_masks.shape}")
     if isinstance(probs_or_masks, np.ndarray) and len(probs_or_masks) != n:
         raise ValueError(f"probs_or_masks has {len(probs_or_masks)} maps but there are {n} ids")
-    it = iter(probs_or_masks)
+    it, checked = iter(probs_or_masks), isinstance(probs_or_masks, np.ndarray)
     for i in range(n):
-        try: yield _check_map(next(it), i)
+        try: yield np.asarray(next(it)) if checked else _check_map(next(it), i, binary)
         except StopIteration: raise ValueError(f"probs_or_masks ran out after {i} maps; there are {n} ids") from None
     if next(it, None) is not None: raise ValueError(f"probs_or_masks has more maps than the {n} ids")
 
@@ -120,15 +119,13 @@ def _indexable(maps, n: int):
 
 def _rles(probs_or_masks, n: int, rule: ThresholdRule, cls: np.ndarray | None, min_size: int, binary: bool | None,
           size: int) -> Iterator[str]:
-    "Each map's RLE at `size`: a rule that ranks the maps first selects the kept ones (at the maps' own size)."
+    "Each map's RLE at `size`: a rule that ranks the maps first selects the kept ones (at the maps' own size; `rule.selection` checks each map)."
     if rule.ranks and binary is not True:
         maps = _indexable(probs_or_masks, n)
         keep, each = rule.selection(maps, n)
-        return ('-1' if not k else encode_map(_check_map(m, i), rule=each, min_size=min_size, size=size)
-                for i, (m, k) in enumerate(zip(maps, keep)))
+        return ('-1' if not k else _map_rle(np.asarray(m), each, None, min_size, False, size) for m, k in zip(maps, keep))
     cs = [None] * n if cls is None else cls
-    return (encode_map(m, rule=rule, cls_prob=c, min_size=min_size, binary=binary, size=size)
-            for m, c in zip(_maps(probs_or_masks, n), cs))
+    return (_map_rle(m, rule, c, min_size, binary, size) for m, c in zip(_maps(probs_or_masks, n, binary), cs))
 
 # %% ../nbs/13_submission.ipynb #c1a22c58
 def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, W) array/memmap or iterable of (H, W) maps
@@ -149,6 +146,8 @@ def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, 
     ids = _check_ids(ids)
     rule = _as_rule(rule, top, min_area, bottom)  # every argument is checked before any work
     remove_small_components(np.zeros((1, 1), np.uint8), min_size)
+    if isinstance(probs_or_masks, np.ndarray) and probs_or_masks.ndim == 3:  # every map before any work, a chunk at a time
+        check_maps(probs_or_masks, 'probs_or_masks', masks=binary is not False)
     rles = _rles(probs_or_masks, len(ids), rule, rule.check_cls_probs(cls_probs, len(ids)), min_size, binary, size)
     if progress: rles = progress_bar(rles, total=len(ids), leave=False)  # not even built when off: it prints a glyph
     sub = pd.DataFrame({'ImageId': ids, 'EncodedPixels': list(rles)})
