@@ -207,13 +207,13 @@ def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved ru
     if not p.is_dir():
         if not p.is_file(): raise FileNotFoundError(f"{p} not found: give a run folder, its thresholds file or a rule")
         t = _read_rule_file(p)
-        return rule_from_dict(t), t.get('size')
+        return rule_from_dict(t, p), t.get('size')
     run = RunDir(p)
     if run.thresholds.is_file():
         t = run.read_thresholds()
         if (searched := t.get('folds')) is not None and searched != (now := run.fold_ids('oof')):
             raise ValueError(f"{run.thresholds} was searched on folds {searched} but the run has folds {now}: search again")
-        return rule_from_dict(t), t.get('size')
+        return rule_from_dict(t, run.thresholds), t.get('size')
     cfg = run_config(run)
     if (rule := cfg.thresholds.default_rule()) is None:
         raise FileNotFoundError(f"{run.thresholds} not found and {run.config} has no `thresholds.default`: run `search` first")
@@ -236,7 +236,7 @@ def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
     (maps, ids), (rule, size) = read_maps(probs), _rule_at(thresholds)
     rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
     return make_submission(maps, ids, dest, rule=rule, cls_probs=_cls_probs(probs) if rule.needs_cls else None,
-                           sample=sample, size=out_size, progress=progress)
+                           binary=False, sample=sample, size=out_size, progress=progress)
 
 def _cls_probs(probs: Path) -> np.ndarray:
     "The image-level probabilities `predict` wrote beside the maps, for a classifier rule."
@@ -262,7 +262,7 @@ def oof_gallery(run: str | Path | RunDir, # run folder with a threshold search (
     "Overlays (true positive / false positive / false negative) of the worst out-of-fold images under the searched rule."
     from pneumokit.viz import gallery
     ids, probs, truths, images = oof_arrays(run)
-    rule = rule_from_dict(RunDir(run).read_thresholds())
+    rule = rule_from_dict(RunDir(run).read_thresholds(), RunDir(run).thresholds)
     return gallery(images, rule.apply(probs), truths, k=k, kind=kind, ids=ids.ImageId.tolist())
 
 def submission_score(sub: str | Path, # submission CSV

@@ -171,7 +171,7 @@ def _read_sub(sub: str | Path | pd.DataFrame) -> pd.DataFrame:
 
 def _sample_ids(sample: str | Path | pd.DataFrame) -> list[str]:
     "The ImageIds of the sample submission, deduplicated (with a warning) in order of first appearance."
-    df = sample if isinstance(sample, pd.DataFrame) else read_labels(sample)
+    df = sample if isinstance(sample, pd.DataFrame) else read_labels(sample, allow_blank=True)  # only its ids count
     if 'ImageId' not in df.columns: raise ValueError(f"sample has no ImageId column: {list(df.columns)}")
     ids = df.ImageId.astype(str).str.strip()
     if dup := _duplicates(ids.tolist()):
