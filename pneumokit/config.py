@@ -7,6 +7,7 @@ Docs: https://pneumokit.github.io/pneumokit/config.html.md"""
 # %% ../nbs/14a_config.ipynb #fe48bef4
 from __future__ import annotations
 import importlib.resources
+import inspect
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,8 @@ import yaml
 
 from .core import atomic_write, check_int, check_prob
 from .inference import TTAS
-from .models import check_encoder, get_arch
+from .losses import LOSSES, MULTICLASS_LOSSES, get_loss
+from .models import check_encoder, check_weights, dry_build, get_arch, model_kwargs_names
 from .postprocess import THRESHOLD_RULES, ThresholdRule, get_rule, rule_from_dict
 from .train import RECIPE_SECTIONS, Recipe, Stage
 
@@ -156,6 +158,30 @@ def _check_thresholds(t: ThresholdConfig, src: str):
         t.default_rule()
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
 
+_NOT_KWARGS = dict(classes='set `model.classes` instead',  # the recipe's `classes` would silently win
+                   activation="the model must output logits: `model.mode` chooses the activation")
+
+def _check_model(r: Recipe, src: str):
+    "`model.kwargs`: keys the architecture takes (an smp class drops unknown ones silently), and a model smp and timm can build."
+    valid = [k for k in model_kwargs_names(r.arch) if k not in _NOT_KWARGS]
+    for k in r.model_kwargs:
+        if k in _NOT_KWARGS: raise ValueError(f"{src}: `model.kwargs.{k}`: {_NOT_KWARGS[k]}")
+        if k not in valid and not r.encoder.startswith('tu-'):  # a 'tu-' encoder takes timm's keys too: the build checks them
+            raise ValueError(f"{src}: unknown key `model.kwargs.{k}` for {get_arch(r.arch).__name__}; valid keys: {', '.join(valid)}")
+    try: dry_build(r.arch, r.encoder, classes=r.classes, **r.model_kwargs)
+    except ValueError as e: raise ValueError(f"{src}: `model.kwargs`: {e}") from None
+
+def _check_losses(r: Recipe, src: str):
+    "Each stage's loss built with its `loss_kwargs` (cheap): an unknown key or a bad value fails now, not after the run folder exists."
+    for i, s in enumerate(r.stages):
+        try: get_loss(s.loss, mode=r.mode, **s.loss_kwargs)
+        except ValueError as e: raise ValueError(f"{src}: `stages[{i}].loss_kwargs`: {e}") from None
+        except TypeError as e:
+            valid = list(inspect.signature(dict(binary=LOSSES, multiclass=MULTICLASS_LOSSES)[r.mode][s.loss]).parameters)
+            if not (bad := [k for k in s.loss_kwargs if k not in valid]): raise ValueError(f"{src}: `stages[{i}].loss_kwargs`: {e}") from None
+            raise ValueError(f"{src}: unknown key `stages[{i}].loss_kwargs.{bad[0]}` for the {r.mode} loss {s.loss!r}; "
+                             f"valid keys: {', '.join(valid) or 'none'}") from None
+
 def _check_stages(stages, src: str) -> list[dict]:
     if not isinstance(stages, list) or not stages: raise ValueError(f"{src}: `stages` must be a non-empty list of stages, got {stages!r}")
     return [_check_section(s, f'stages[{i}]', src) for i, s in enumerate(stages)]
@@ -175,7 +201,7 @@ def config_from_dict(d: dict, # the parsed YAML (after `base:` merging)
                      inference=InferenceConfig(**secs['inference']), thresholds=ThresholdConfig(**secs['thresholds']),
                      description=str(d.get('description') or ''), expected=dict(d.get('expected') or {}), source=src)
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
-    _check_thresholds(cfg.thresholds, src)
+    _check_model(recipe, src); _check_losses(recipe, src); _check_thresholds(cfg.thresholds, src)
     return cfg
 
 # %% ../nbs/14a_config.ipynb #89600328
@@ -216,11 +242,17 @@ def _resolve(f: Path, seen: tuple = ()) -> dict:
     except FileNotFoundError as e: raise FileNotFoundError(f"{f}: `base`: {e}") from None
     return _merge(base, {k: v for k, v in d.items() if k != 'base'})
 
+def _check_weights_file(r: Recipe, src: str):
+    try: check_weights(r.weights)
+    except (FileNotFoundError, ValueError) as e: raise type(e)(f"{src}: `model.weights`: {e}") from None
+
 def load_config(name_or_path: str | Path, # a shipped name ('siim-1st-place', 'demo.cpu-smoke'...) or a YAML file
                ) -> Config:
-    "Read, merge (`base:`) and validate a config."
+    "Read, merge (`base:`) and validate a config, its `model.weights` file included (when it names one)."
     f = _config_file(name_or_path)
-    return config_from_dict(_resolve(f), str(f))
+    cfg = config_from_dict(_resolve(f), str(f))
+    _check_weights_file(cfg.recipe, str(f))
+    return cfg
 
 def save_config(cfg: Config, # a config
                 path: str | Path, # YAML file to write (atomically)

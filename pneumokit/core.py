@@ -1,4 +1,4 @@
-"""Project paths, the real-data finder, seeding, device choice, atomic file writes and argument checks: what every other module stands on.
+"""Project paths, the real-data finder, seeding, device choice, checked destinations, atomic file writes and argument checks: what every other module stands on.
 
 Docs: https://pneumokit.github.io/pneumokit/core.html.md"""
 
@@ -6,16 +6,16 @@ Docs: https://pneumokit.github.io/pneumokit/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #8244b3f6
 from __future__ import annotations
-import contextlib, os, random, tempfile, warnings
+import contextlib, errno, os, random, shutil, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SIIM_SIZE', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything', 'get_device', 'default_workers',
-           'atomic_write', 'write_bytes_atomic', 'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool',
-           'show_figures_inline']
+__all__ = ['SIIM_SIZE', 'DISK_MARGIN', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything',
+           'available_devices', 'get_device', 'default_workers', 'WriteError', 'atomic_write', 'write_bytes_atomic',
+           'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest', 'show_figures_inline']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -85,13 +85,22 @@ def seed_everything(seed: int = 0, # seed for python, numpy and torch (CPU and C
     return seed
 
 # %% ../nbs/00_core.ipynb #4401dbf9
-def get_device(device: str | torch.device | None = None, # force a device; default: CUDA, then Apple MPS, then CPU
+def available_devices() -> list[str]:
+    "The devices torch can compute on here: 'cpu', each CUDA GPU ('cuda:0', ...), then 'mps' on Apple silicon."
+    mps = getattr(torch.backends, 'mps', None)
+    return ['cpu', *(f'cuda:{i}' for i in range(torch.cuda.device_count())),
+            *(['mps'] if mps is not None and mps.is_available() else [])]
+
+def get_device(device: str | torch.device | None = None, # force a device ('cpu', 'cuda', 'cuda:1', 'mps'); default: CUDA, then Apple MPS, then CPU
               ) -> torch.device:
-    "The device to compute on."
-    if device is not None: return torch.device(device)
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
-    return torch.device('cpu')
+    "The device to compute on; a name torch does not know, or a device this machine lacks, is a `ValueError` listing those it has."
+    avail = available_devices()
+    if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'mps' if 'mps' in avail else 'cpu')
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError): raise ValueError(f"`device` {device!r} is not a device name; available here: {', '.join(avail)}") from None
+    if not any(a.type == d.type and d.index in (None, a.index or 0) for a in map(torch.device, avail)):
+        raise ValueError(f"`device` {device!r} is not available on this machine; available here: {', '.join(avail)}")
+    return d
 
 # %% ../nbs/00_core.ipynb #2dc5528a
 def default_workers() -> int:
@@ -100,19 +109,56 @@ def default_workers() -> int:
     except AttributeError: return os.cpu_count() or 1
 
 # %% ../nbs/00_core.ipynb #5457559f
+DISK_MARGIN = 2**20  # bytes wanted free beyond a write's known size (`check_dest`); less free is a full disk
+
+class WriteError(OSError, ValueError):
+    "A file that could not be written (full disk, read-only folder, a folder in the way); the message names it."
+
+def _human(n: float) -> str:
+    "Bytes for people: '512 B', '1.5 MB', '3.2 GB'."
+    for u in ('B', 'kB', 'MB', 'GB', 'TB'):
+        if n < 1000 or u == 'TB': return f"{n:.0f} {u}" if u == 'B' else f"{n:.1f} {u}"
+        n /= 1000
+
+def _free(d: Path) -> int | None:
+    try: return shutil.disk_usage(d).free
+    except OSError: return None
+
+def _reason(e: BaseException) -> str:
+    "The cause in a few words: the OS's (`No space left on device`), else the first line of the message."
+    return getattr(e, 'strerror', None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+def _disk_full(d: Path) -> bool: return (free := _free(d)) is not None and free < DISK_MARGIN
+
+def _write_error(path: Path, e: BaseException) -> WriteError:
+    "The error for a failed write of `path`; a full disk says so, even when the writer only said 'unexpected pos' (torch.save)."
+    reason = _reason(e)
+    if getattr(e, 'errno', None) != errno.ENOSPC and _disk_full(path.parent): reason = f"the disk is full ({_human(_free(path.parent))} free; {reason})"
+    err = WriteError(f"cannot write {str(path)!r}: {reason}")
+    err.errno = getattr(e, 'errno', None)
+    return err
+
+def _failed_write(e: BaseException, tmp: str, folder: Path) -> bool:
+    "Did writing the temporary file (or renaming it) fail? An error about another file (an input) is not ours to rename."
+    if isinstance(e, WriteError) or not isinstance(e, Exception): return False
+    return (isinstance(e, OSError) and e.filename in (None, tmp)) or _disk_full(folder)
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, # final file name
                  mode: str = 'wb', # 'wb' or 'w'
                  **kwargs): # passed to `open` (e.g. `encoding`, `newline`)
-    "Open a temporary file beside `path`; on success it replaces `path`, on error it is removed."
+    "Open a temporary file beside `path`; on success it replaces `path`, on error it is removed. A failed write is a `WriteError` naming `path`."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e: raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, mode, **kwargs) as f: yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if _failed_write(e, tmp, path.parent): raise _write_error(path, e) from e
         raise
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -164,6 +210,36 @@ def check_bool(name: str, v) -> bool:
     "`v` when it is a `bool`, else a `ValueError` naming the argument."
     if not isinstance(v, (bool, np.bool_)): raise ValueError(f"`{name}` must be true or false, got {v!r}")
     return bool(v)
+
+# %% ../nbs/00_core.ipynb #74bf4712
+def _writable_folder(d: Path, where: str):
+    "Make folder `d` when missing and write (then remove) a probe file in it; a `ValueError` starting with `where` when either fails."
+    try: d.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ValueError(f"{where}: cannot create the folder {str(d)!r} ({_reason(e)})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=d, prefix='.pneumokit-probe.')
+        os.close(fd); os.unlink(probe)
+    except OSError as e: raise ValueError(f"{where}: the folder {str(d)!r} is not writable ({_reason(e)})") from None
+
+def _check_space(d: Path, size: int, where: str):
+    free = shutil.disk_usage(d).free
+    if free < size + DISK_MARGIN:
+        raise ValueError(f"{where}: needs {_human(size)} (+{_human(DISK_MARGIN)} margin) but {str(d)!r} has {_human(free)} free")
+
+def check_dest(path: str | Path, # the file (or, with `folder`, the folder) to be written
+               what: str = 'output', # what it is, for the message ('submission', '--out', 'PNG cache', ...)
+               size: int | None = None, # bytes the output will take, when known: checked against the free space
+               folder: bool = False, # `path` is a folder to write files into (it may exist already)
+              ) -> Path:
+    "`path` once it can be written: folder made and writable, not a folder (a file), room for `size` bytes; else a `ValueError` naming it and why."
+    path = Path(path).expanduser()
+    where = f"{what} {str(path)!r}"
+    if folder and path.exists() and not path.is_dir(): raise ValueError(f"{where} is a file, expected a folder")
+    if not folder and path.is_dir(): raise ValueError(f"{where} is a folder, expected a file name")
+    d = path if folder else path.parent
+    _writable_folder(d, where)
+    if size is not None: _check_space(d, check_int('size', size, 0), where)
+    return path
 
 # %% ../nbs/00_core.ipynb #d129cdf8
 def show_figures_inline():

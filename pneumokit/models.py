@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/models.html.md"""
 
 # %% ../nbs/09_models.ipynb #6be481f9
 from __future__ import annotations
-import pickle
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,9 @@ from .losses import activate, check_mode
 
 # %% auto #0
 __all__ = ['ARCHS', 'AUX_PARAMS', 'get_arch', 'encoder_names', 'check_encoder', 'read_checkpoint', 'unwrap_state_dict',
-           'match_keys', 'LoadReport', 'load_weights', 'build_model', 'AuxHeadLoss', 'SegOnly', 'model_splitter',
-           'seg_learner', 'ensemble_outputs', 'mean_probs', 'count_params', 'param_table']
+           'read_state_dict', 'match_keys', 'LoadReport', 'load_weights', 'check_weights', 'model_kwargs_names',
+           'check_model_kwargs', 'build_model', 'dry_build', 'AuxHeadLoss', 'SegOnly', 'model_splitter', 'seg_learner',
+           'ensemble_outputs', 'mean_probs', 'count_params', 'param_table']
 
 # %% ../nbs/09_models.ipynb #57452332
 ARCHS: dict[str, type[nn.Module]] = {c.__name__: c for c in smp.MODEL_ARCHITECTURES_MAPPING.values()}
@@ -62,17 +63,26 @@ _CKPT_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'weights')  # wh
 _WRAP_PREFIXES = ('module.', '_orig_mod.')  # added by DataParallel/DDP and by torch.compile
 _HEAD_NAMES = ('fc', 'classifier', 'head', 'last_linear', 'logits')  # ImageNet classifiers that smp encoders drop
 
+def _unreadable(path: Path, e: Exception, weights_only: bool) -> ValueError:
+    "The one error for a file the loaders choke on, whatever they raised (UnpicklingError, EOFError, KeyError, SafetensorError...)."
+    what = 'a safetensors file' if path.suffix == '.safetensors' else 'a torch checkpoint (a file written by torch.save)'
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    hint = (" If it holds more than tensors and you trust it, pass weights_only=False."
+            if weights_only and 'Weights only load failed' in str(e) else '')
+    return ValueError(f"{path}: cannot be read as {what} ({type(e).__name__}: {first}).{hint}")
+
 def read_checkpoint(path: str | Path, # a torch (`.pth`, `.pt`, `.bin`, `.ckpt`) or `.safetensors` file
                     weights_only: bool = True, # refuse pickled code in the file (False only for files you trust)
                    ) -> Any:
-    "The object stored in a weights file, loaded onto the CPU."
+    "The object stored in a weights file, loaded onto the CPU; a file that is not one (garbage, truncated, a folder) is a `ValueError` naming it."
     path = Path(path)
+    if path.is_dir(): raise ValueError(f"{path}: is a folder, expected a weights file (.pth, .pt, .bin, .ckpt, .safetensors)")
     if not path.is_file(): raise FileNotFoundError(f"Weights file not found: {path}")
-    if path.suffix == '.safetensors': return load_safetensors(str(path), device='cpu')
-    try: return torch.load(path, map_location='cpu', weights_only=weights_only)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {str(e)[:300]}). "
-                         "If it holds more than tensors and you trust it, pass weights_only=False.") from e
+    try:
+        if path.suffix == '.safetensors': return load_safetensors(str(path), device='cpu')
+        return torch.load(path, map_location='cpu', weights_only=weights_only)
+    except MemoryError: raise
+    except Exception as e: raise _unreadable(path, e, weights_only) from e
 
 # %% ../nbs/09_models.ipynb #50c18c7c
 def _is_state_dict(o) -> bool: return isinstance(o, dict) and bool(o) and all(isinstance(v, torch.Tensor) for v in o.values())
@@ -98,6 +108,12 @@ def unwrap_state_dict(obj: Any, # what `read_checkpoint` returned (or a module, 
         raise ValueError(f"{source}: no tensors found ({what}); expected a state_dict or a checkpoint dict "
                          f"with one of {list(_CKPT_KEYS)}")
     return _strip_wrappers(sd)
+
+def read_state_dict(path: str | Path, # a torch or `.safetensors` weights file
+                    weights_only: bool = True, # refuse pickled code in the file (False only for files you trust)
+                   ) -> dict[str, torch.Tensor]:
+    "The flat `{name: tensor}` dict of a weights file: `read_checkpoint` then `unwrap_state_dict`; an unreadable file is a `ValueError` naming it."
+    return unwrap_state_dict(read_checkpoint(path, weights_only), source=str(path))
 
 # %% ../nbs/09_models.ipynb #b64fd845
 _SUBMODULES = ('encoder', 'model', 'module')  # where smp and wrappers keep the weights a file may be for
@@ -180,7 +196,7 @@ def load_weights(model_or_encoder: nn.Module, # an smp model, its `.encoder`, or
                  weights_only: bool = True, # refuse pickled code in the file (False only for files you trust)
                 ) -> LoadReport:
     "Load torchvision/timm/smp weights from a local file into `model_or_encoder`, mapping their keys onto it."
-    sd = unwrap_state_dict(read_checkpoint(path, weights_only), source=str(path))
+    sd = read_state_dict(path, weights_only)
     if prefix is not None and not any(k.startswith(prefix) for k in sd):
         raise ValueError(f"{path}: no key starts with prefix={prefix!r}; keys: {_few(list(sd))}")
     strip, sub = match_keys(sd, model_or_encoder, prefix)
@@ -199,7 +215,8 @@ def load_weights(model_or_encoder: nn.Module, # an smp model, its `.encoder`, or
 # %% ../nbs/09_models.ipynb #2f62ce3b
 _WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors', '.pkl')
 
-def _weights_path(weights: str | Path | None) -> Path | None:
+def check_weights(weights: str | Path | None, # a local weights file, or None for random init
+                 ) -> Path | None:
     "`weights` as a local file path (checked), `None` for random init; hub names are refused."
     if weights is None: return None
     if not isinstance(weights, (str, Path)): raise ValueError(f"weights must be None or a file path, got {weights!r}")
@@ -226,7 +243,25 @@ def _aux_params(aux: bool, aux_params: dict | None) -> dict | None:
     if aux_params is not None and not isinstance(aux_params, dict): raise ValueError(f"aux_params must be a dict, got {aux_params!r}")
     return {**AUX_PARAMS, **(aux_params or {})} if aux else aux_params
 
+_SET_BY_BUILD = ('encoder_name', 'encoder_weights')  # smp arguments `build_model` sets itself
 
+def model_kwargs_names(arch: str, # an `ARCHS` name
+                      ) -> list[str]:
+    "The keywords `build_model(arch, ...)` takes besides arch, encoder and weights: its own, then the smp class's."
+    own = [n for n in inspect.signature(build_model).parameters if n not in ('arch', 'encoder', 'weights', 'kwargs')]
+    named = [p.name for p in inspect.signature(get_arch(arch)).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    return own + [n for n in named if n not in own and n not in _SET_BY_BUILD]
+
+def check_model_kwargs(arch: str, # an `ARCHS` name
+                       encoder: str, # the encoder: 'tu-' encoders take more keys (timm's), checked when built
+                       kwargs: dict, # the extra `build_model` keywords
+                      ) -> dict:
+    "`kwargs` when the smp class of `arch` uses every key, else a `ValueError` listing the valid ones."
+    if str(encoder).startswith('tu-'): return kwargs  # smp hands unknown keys to timm, which rejects what it cannot use
+    valid = model_kwargs_names(arch)
+    if bad := [k for k in kwargs if k not in valid]:
+        raise ValueError(f"unknown model argument {bad[0]!r} for {get_arch(arch).__name__} (encoder {encoder!r}); valid: {', '.join(valid)}")
+    return kwargs
 
 def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                 encoder: str = 'resnet34', # an `encoder_names()` entry or 'tu-<timm model>'
@@ -238,16 +273,29 @@ def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                 **kwargs, # passed to the smp class (decoder_channels, encoder_depth, ...)
                ) -> nn.Module:
     "An smp segmentation model, built offline, with weights from a local file when given."
-    cls, path = get_arch(arch), _weights_path(weights)
+    cls, path = get_arch(arch), check_weights(weights)
     check_encoder(encoder); check_int('classes', classes); check_int('in_channels', in_channels)
     if kwargs.pop('encoder_weights', None) is not None:
         raise ValueError("encoder_weights would download from the hub; pass weights='<local file>' instead")
+    check_model_kwargs(arch, encoder, kwargs)
     model = cls(encoder_name=encoder, encoder_weights=None, classes=classes, in_channels=3 if path else in_channels,
                 aux_params=_aux_params(aux, aux_params), **kwargs)
     if path is not None:
         load_weights(model, path)
         _adapt_in_channels(model, in_channels)
     return model
+
+# %% ../nbs/09_models.ipynb #cbfe8522
+def dry_build(arch: str = 'Unet', # an `ARCHS` name
+              encoder: str = 'resnet34', # an `encoder_names()` entry or 'tu-<timm model>'
+              **kwargs, # more `build_model` arguments (no `weights`)
+             ) -> nn.Module:
+    "`build_model(arch, encoder, **kwargs)` on the meta device: every argument error now, as a `ValueError` (unknown names: `KeyError`)."
+    if kwargs.get('weights') is not None: raise ValueError("dry_build builds on the meta device: weights cannot be loaded (see `check_weights`)")
+    try:
+        with torch.device('meta'): return build_model(arch, encoder, **kwargs)
+    except (TypeError, AssertionError) as e:
+        raise ValueError(f"{get_arch(arch).__name__} with encoder {encoder!r} cannot be built with {kwargs}: {e}") from None
 
 # %% ../nbs/09_models.ipynb #a97f6106
 class AuxHeadLoss(nn.Module):
@@ -366,13 +414,12 @@ def count_params(model: nn.Module, # an smp model
 
 def param_table(archs: Sequence[str] = ('Unet', 'FPN', 'DeepLabV3Plus', 'Linknet'), # `ARCHS` names
                 encoders: Sequence[str] = ('resnet18', 'resnet34', 'mobilenet_v2'), # encoder names
-                **kwargs, # more `build_model` arguments (no `weights`: nothing is allocated)
+                **kwargs, # more `build_model` arguments (no `weights`: nothing is allocated, see `dry_build`)
                ) -> pd.DataFrame:
     "Millions of parameters per architecture × encoder, counted on the meta device (no memory, no forward pass)."
-    if kwargs.get('weights') is not None: raise ValueError("param_table builds on the meta device: weights cannot be loaded")
     rows = []
     for a in archs:
         for e in encoders:
-            with torch.device('meta'): n = count_params(build_model(a, e, **kwargs))
+            n = count_params(dry_build(a, e, **kwargs))
             rows.append(dict(arch=a, encoder=e, **{f'{k}_M': round(v / 1e6, 2) for k, v in n.items()}))
     return pd.DataFrame(rows)
