@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #081b8b04
 from __future__ import annotations
-import contextlib, errno, mmap, os, shutil, tempfile
+import contextlib, errno, mmap, os, warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from fastprogress.fastprogress import progress_bar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import atomic_write, check_int, get_device, write_bytes_atomic
+from .core import atomic_write, check_dest, check_int, get_device, write_bytes_atomic
 from .data import imagenet_stats
 from .dicom import image_id_of, list_dicoms, read_dicom
 from .layout import RunDir, maps_cls, maps_ids
@@ -132,10 +132,6 @@ def _to_uint8(p: torch.Tensor, # (N, H, W) probabilities
     return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
 
 # %% ../nbs/11_inference.ipynb #2e8bf4df
-_MARGIN = 2**20  # bytes beyond the maps: the .npy header, the ids and the image-level probabilities beside them
-
-def _mib(n: int) -> str: return f"{n / 2**20:,.1f} MiB"
-
 @contextlib.contextmanager
 def _writing(dest: Path):
     "Turn an `OSError` while writing `dest` (a full disk, a lost mount) into one `ValueError` naming it."
@@ -143,10 +139,8 @@ def _writing(dest: Path):
     except OSError as e: raise ValueError(f"writing {dest} failed: {e.strerror or e}") from None
 
 def _check_room(dest: Path, nbytes: int) -> None:
-    "A `ValueError` naming `dest` when its filesystem has less than `nbytes` (and a margin) free."
-    free = shutil.disk_usage(dest.parent).free
-    if free < nbytes + _MARGIN:
-        raise ValueError(f"not enough space for {dest}: the maps need {_mib(nbytes + _MARGIN)}, its filesystem has {_mib(free)} free")
+    "A `ValueError` naming `dest` when its filesystem has no room for `nbytes` of maps (`pneumokit.core.check_dest`)."
+    check_dest(dest, 'maps', size=nbytes)
 
 def _reserve(path: Path, nbytes: int) -> None:
     "Allocate the file's blocks now, so that a full disk fails here rather than as SIGBUS on a page of the memory map."
@@ -222,15 +216,10 @@ def _stream(models: list[nn.Module], # the ensemble (checked)
 
 # %% ../nbs/11_inference.ipynb #1b82e3db
 def _check_dest(dest: str | Path) -> Path:
-    "A `.npy` destination that can be written: not a folder, in a folder that exists (created when missing) and takes new files."
+    "A `.npy` destination that can be written (`pneumokit.core.check_dest`: not a folder, in a writable folder), before any work."
     dest = Path(dest)
     if dest.suffix != '.npy': raise ValueError(f"`dest` must be a .npy file, got {dest}")
-    if dest.is_dir(): raise ValueError(f"`dest` {dest} is a folder: give the .npy file to write")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=dest.parent): pass  # the probe: a read-only or full folder fails here, before any work
-    except OSError as e: raise ValueError(f"cannot write `dest` {dest}: {e.strerror or e}") from None
-    return dest
+    return check_dest(dest, 'maps')
 
 # %% ../nbs/11_inference.ipynb #0d820e3f
 def predict_dl(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
@@ -297,6 +286,8 @@ def _fold_ids(run: RunDir, folds: Sequence[int] | None) -> list[int]:
     if not run.root.is_dir(): raise FileNotFoundError(f"run folder not found: {run.root}")
     ks = run.fold_ids('summary') if folds is None else [int(k) for k in folds]
     if not ks: raise FileNotFoundError(f"no finished fold in {run.root}: train one, or name the folds to use")
+    if unfinished := [k for k in ks if not run.fold(k).finished]:
+        warnings.warn(f"folds {unfinished} of {run.root} have not finished training: their checkpoints are used as asked")
     return ks
 
 def _fold_checkpoints(run: RunDir, k: int) -> list[Path]:

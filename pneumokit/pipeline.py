@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .config import Config, config_from_dict, list_configs, load_config
-from .core import data_dir, project_root, write_bytes_atomic
+from .core import check_dest, data_dir, get_device, project_root, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .folds import load_folds, make_folds, save_folds
@@ -79,6 +79,7 @@ def prepare(dicoms: str | Path, # DICOM folder (Kaggle layout or flat)
     if sizes is None:
         if cfg is None: raise ValueError("prepare needs a config (its sizes) or explicit sizes")
         sizes = as_config(cfg).sizes
+    check_dest(cache, 'PNG cache', folder=True)
     return build_cache(dicoms, cache, sizes=tuple(sizes), labels=labels, n_workers=n_workers, force=force, progress=progress)
 
 # %% ../nbs/14b_pipeline.ipynb #7a11c0e0
@@ -90,6 +91,7 @@ def audit(labels: str | Path, # label CSV (train-rle.csv, stage_2_train.csv[.gz]
           progress: bool = True, # progress bar
          ) -> pd.DataFrame:
     "Labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files; one row each."
+    if out is not None: check_dest(out, '--out')
     res = audit_labels(labels, dicoms, expected_size=expected_size, n_workers=n_workers, progress=progress)
     if out is not None: write_bytes_atomic(out, res.to_csv(index=False).encode())
     return res
@@ -100,6 +102,7 @@ def eda(labels: str | Path, # label CSV
         progress: bool = True, # progress bar
        ) -> list[Path]:
     "The standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG files in `dest`."
+    check_dest(dest, 'EDA folder', folder=True)
     return save_eda_figures(labels, dicoms, Path(dest), progress=progress)
 
 def split(labels: str | Path, # label CSV
@@ -110,6 +113,7 @@ def split(labels: str | Path, # label CSV
           progress: bool = True, # progress bar
          ) -> pd.DataFrame:
     "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`."
+    check_dest(dest, 'folds file')
     d = as_config(cfg).data if cfg is not None else None
     meta = dicom_metadata(dicoms, n_workers=n_workers, progress=progress) if dicoms is not None else None
     folds = make_folds(labels, n_splits=d.n_splits if d else 5, seed=d.seed if d else 0, meta=meta)
@@ -139,6 +143,7 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
     cfg, run, cache, folds_file = as_config(cfg), RunDir(run), CacheDir(cache), Path(folds)
     for p, what in ((cache.root, 'PNG cache'), (folds_file, 'folds file')):
         if not p.exists(): raise FileNotFoundError(f"{what} not found: {p}")
+    get_device(device); check_dest(run.root, 'run folder', folder=True)  # before anything is written
     if missing := [s for s in cfg.sizes if s not in cache.sizes()]:
         raise FileNotFoundError(f"{cache.root} has no images at size(s) {missing}: run `prepare` with this config first")
     ff = load_folds(folds_file)
@@ -194,6 +199,7 @@ def predict(run: str | Path | RunDir, # run folder (from `train`)
     "Fold × top-k checkpoint ensemble with the config's TTA on every DICOM; maps streamed to a uint8 `.npy`."
     run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
+    get_device(device)
     models = load_fold_models(run, folds, device)
     return predict_dicoms(models, dicoms, size=cfg.predict_size, dest=dest or run.test_probs,
                           tta=cfg.inference.tta, bs=cfg.inference.bs, device=device)
@@ -233,6 +239,7 @@ def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
            progress: bool = True, # progress bar
           ) -> Path:
     "Binarise the maps with the rule (pixel counts scaled from the searched map size) and write a validated submission."
+    check_dest(dest, 'submission')
     (maps, ids), (rule, size) = read_maps(probs), _rule_at(thresholds)
     rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
     return make_submission(maps, ids, dest, rule=rule, cls_probs=_cls_probs(probs) if rule.needs_cls else None,
@@ -343,7 +350,7 @@ def demo(data: str | Path | None = None, # synthetic set folder (default: data/m
     base = data.root.parent/data.root.name  # the demo's own files sit beside the data: <data>-run, -cache, -folds.csv
     run, cache, folds = RunDir(run if run else f'{base}-run'), CacheDir(f'{base}-cache'), Path(f'{base}-folds.csv')
     if fresh: shutil.rmtree(run.root, ignore_errors=True)
-    report.root.mkdir(parents=True, exist_ok=True)
+    check_dest(report.root, 'report folder', folder=True)
     n_audit = _data_half(data, cache, report, cfg, n_train, n_test, size, seed, fresh, n_workers, tm)
     split(data.train_labels, folds, cfg, dicoms=data.train_dicoms, n_workers=n_workers)
     tm('folds')

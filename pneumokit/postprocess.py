@@ -599,7 +599,7 @@ def _rule_of(d: Mapping) -> ThresholdRule:
     return rule(**params)
 
 def rule_from_dict(d: Mapping, # `to_dict`'s output or a run's saved rule; extra keys (dice, folds, ...) are ignored
-                   src: str | Path | None = None, # where `d` was read from (a `thresholds.json`), named in every error
+                   src: str | Path | None = None, # where `d` was read from (a saved rule file), named in every error
                   ) -> ThresholdRule:
     "The rule a dict describes: its `'rule'` (or the legacy `'gate'`; neither: `'triplet'`) and its parameters, all checked (and a `size`, when given)."
     at = f"{src}: " if src else ''

@@ -34,7 +34,7 @@ from .ddp import barrier, from_rank0, is_main, rank, world_size
 from .layout import FoldDir, RunDir, SliceCacheDir
 from .losses import LOSSES, MODES, MULTICLASS_LOSSES, get_loss
 from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
-from .models import AuxHeadLoss, build_model, ensemble_outputs, seg_learner
+from .models import AuxHeadLoss, build_model, ensemble_outputs, read_state_dict, seg_learner
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'TASKS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'Task',
@@ -368,7 +368,7 @@ def load_checkpoints(recipe: Recipe, # the recipe the checkpoints were trained w
     models = []
     for f in files:
         m = build_model(recipe.arch, recipe.encoder, None, **_model_kwargs(recipe))
-        m.load_state_dict(torch.load(f, map_location='cpu', weights_only=True))
+        m.load_state_dict(read_state_dict(f))  # a file that is not a checkpoint: one line naming it
         models.append(m.to(device).eval())
     return models
 
