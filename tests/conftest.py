@@ -23,3 +23,20 @@ def run_cli(*args, cwd=None, check=True, env=None):
     if check and res.returncode != 0:
         raise AssertionError(f'pneumokit {args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}')
     return res
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    "`make(options)`: a small tmpfs mounted under tmp_path (unmounted afterwards), for full and read-only disks; skipped with a message where mounting is not allowed (it needs root with CAP_SYS_ADMIN)."
+    import shutil
+    mounted = []
+    def make(options: str) -> Path:
+        d = tmp_path/f'fs{len(mounted)}'
+        d.mkdir()
+        if shutil.which('mount') is None: pytest.skip('no `mount` command: cannot make a small read-only or full disk')
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(d)], capture_output=True, text=True)
+        if r.returncode: pytest.skip(f'cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {r.stderr.strip()}')
+        mounted.append(d)
+        return d
+    yield make
+    for d in reversed(mounted): subprocess.run(['umount', str(d)], check=False)

@@ -89,40 +89,24 @@ def test_garbage_checkpoints(tmp_path):
 
 # --- destinations: a folder in the way, a read-only folder, a full disk ---------------------------------------------
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    "Mount a small tmpfs with the given options under `tmp_path` (unmounted afterwards); skip where mounting is not allowed."
-    mounted = []
-    def mount(opts: str):
-        mp = tmp_path/f'mnt{len(mounted)}'
-        mp.mkdir()
-        if shutil.which('mount') is None: pytest.skip('no `mount` command: cannot make a small read-only or full disk')
-        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(mp)], capture_output=True, text=True)
-        if r.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {r.stderr.strip()}')
-        mounted.append(mp)
-        return mp
-    yield mount
-    for mp in reversed(mounted): subprocess.run(['umount', str(mp)], check=False)
-
-
 def test_destination_is_a_folder(tmp_path):
     (tmp_path/'sub.csv').mkdir()
     with pytest.raises(ValueError, match='is a folder, expected a file name'): check_dest(tmp_path/'sub.csv', 'submission')
     with pytest.raises(WriteError, match='Is a directory'): write_bytes_atomic(tmp_path/'sub.csv', b'x')
 
 
-def _read_only_folder(tmp_path, tmpfs):
+def _read_only_folder(tmp_path, small_fs):
     "A folder this user cannot write: permissions first (they do not stop root), else a read-only tmpfs."
     ro = tmp_path/'ro'
     ro.mkdir(); ro.chmod(0o555)
     try: (ro/'probe').touch()
     except PermissionError: return ro
     (ro/'probe').unlink(); ro.chmod(0o755)
-    return tmpfs('ro,size=64k')
+    return small_fs('ro,size=64k')
 
 
-def test_read_only_destination(tmp_path, tmpfs):
-    ro = _read_only_folder(tmp_path, tmpfs)
+def test_read_only_destination(tmp_path, small_fs):
+    ro = _read_only_folder(tmp_path, small_fs)
     try:
         with pytest.raises(ValueError, match=f"submission '{ro/'sub.csv'}': the folder '{ro}' is not writable"):
             check_dest(ro/'sub.csv', 'submission')
@@ -133,8 +117,8 @@ def test_read_only_destination(tmp_path, tmpfs):
         with contextlib.suppress(OSError): ro.chmod(0o755)  # let pytest remove it (a read-only mount refuses: no matter)
 
 
-def test_full_destination(tmp_path, tmpfs):
-    full = tmpfs('size=64k')
+def test_full_destination(tmp_path, small_fs):
+    full = small_fs('size=64k')
     with pytest.raises(ValueError, match=f"maps '{full/'m.npy'}': needs 200.0 kB"): check_dest(full/'m.npy', 'maps', size=200_000)
     with pytest.raises(WriteError, match=f"cannot write '{full/'a.bin'}': No space left on device") as e:
         write_bytes_atomic(full/'a.bin', b'x' * 200_000)

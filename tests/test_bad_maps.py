@@ -142,21 +142,6 @@ def test_a_folder_is_not_a_destination(tmp_path, dicoms):
     (tmp_path/'p.npy').mkdir()
     with pytest.raises(ValueError, match='is a folder'): predict_dicoms([_Untouched()], dicoms, 64, tmp_path/'p.npy', device='cpu')
 
-@pytest.fixture
-def small_fs(tmp_path):
-    "`make(options)`: a tmpfs mounted under tmp_path (unmounted afterwards); skipped where mounting is not allowed."
-    mounted = []
-    def make(options: str) -> Path:
-        d = tmp_path/f'fs{len(mounted)}'
-        d.mkdir()
-        if shutil.which('mount') is None: pytest.skip('no `mount`: the full and read-only disks are not tested')
-        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(d)], capture_output=True, text=True)
-        if r.returncode: pytest.skip(f'cannot mount a small tmpfs (needs root): {r.stderr.strip()}')
-        mounted.append(d)
-        return d
-    yield make
-    for d in mounted: subprocess.run(['umount', str(d)], check=False)
-
 def test_read_only_destination_is_refused_before_any_work(small_fs, dicoms):
     ro = small_fs('ro,size=1m')
     with pytest.raises(ValueError) as e: predict_dicoms([_Untouched()], dicoms, 64, ro/'p.npy', device='cpu')
