@@ -179,7 +179,10 @@ def load_oof(self: FoldDir) -> tuple[pd.DataFrame, np.ndarray]:
     "The fold's out-of-fold ids (with a `fold` column) and its memory-mapped uint8 maps."
     for f in (self.oof_maps, self.oof_ids):
         if not f.is_file(): raise FileNotFoundError(f"{f} not found: fold {self.k} has no out-of-fold maps")
-    ids, maps = pd.read_csv(self.oof_ids).assign(fold=self.k), np.load(self.oof_maps, mmap_mode='r')
+    try: ids, maps = pd.read_csv(self.oof_ids).assign(fold=self.k), np.load(self.oof_maps, mmap_mode='r')
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:
+        raise ValueError(f"fold {self.k}'s out-of-fold files cannot be read ({self.oof_maps.name}, {self.oof_ids.name} in {self.root}): "
+                         f"{' '.join(str(e).split())}") from None
     if len(ids) != len(maps): raise ValueError(f"{self.oof_ids} lists {len(ids)} images but {self.oof_maps} holds {len(maps)} maps")
     return ids, maps
 
