@@ -20,7 +20,8 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls', 'read_maps']
+__all__ = ['read_json', 'SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls',
+           'read_maps']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -49,7 +50,11 @@ def _file(name: str) -> property:
     "A property: the path of the file (or folder) `name` in the owner's folder."
     return property(lambda self: self.root/name, doc=f"`<root>/{name}`")
 
-def _read_json(path: Path, what: str):
+def read_json(path: str | Path, # a JSON file an owner (or a person) wrote
+              what: str = 'expected a JSON file', # the hint after "not found"
+             ):
+    "The file's JSON; a missing or invalid file is one line naming it."
+    path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} not found: {what}")
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
@@ -132,7 +137,7 @@ class SliceCacheDir(_Owner):
     def read(self) -> tuple[pd.DataFrame, dict]:
         "The slice manifest and the metadata (`codes`, `cases`)."
         if not self.manifest.is_file(): raise FileNotFoundError(f"{self.manifest} not found: is {self.root} a slice cache (`slice_volumes`)?")
-        return pd.read_csv(self.manifest, dtype={'case': str}), _read_json(self.cases_file, f"is {self.root} a slice cache?")
+        return pd.read_csv(self.manifest, dtype={'case': str}), read_json(self.cases_file, f"is {self.root} a slice cache?")
 
 # %% ../nbs/00b_layout.ipynb #1a0b0017
 _FOLD = re.compile(r'fold(\d+)')
@@ -172,7 +177,7 @@ class FoldDir(_Owner):
 
 # %% ../nbs/00b_layout.ipynb #1a0b0018
 @patch
-def read_summary(self: FoldDir) -> dict: return _read_json(self.summary, f"fold {self.k} has not finished")
+def read_summary(self: FoldDir) -> dict: return read_json(self.summary, f"fold {self.k} has not finished")
 
 @patch
 def load_oof(self: FoldDir) -> tuple[pd.DataFrame, np.ndarray]:
@@ -253,7 +258,7 @@ def write_info(self: RunDir, cache: str | Path, # the PNG (or slice) cache the r
 @patch
 def read_info(self: RunDir) -> dict:
     "`cache` and `folds` paths of the run's training data."
-    return _read_json(self.info, f"is {self.root} a run folder written by `pneumokit train`?")
+    return read_json(self.info, f"is {self.root} a run folder written by `pneumokit train`?")
 
 @patch
 def cache(self: RunDir) -> CacheDir: return CacheDir(self.read_info()['cache'])
@@ -268,7 +273,14 @@ def collect_summary(self: RunDir) -> pd.DataFrame:
     return df
 
 @patch
-def read_thresholds(self: RunDir) -> dict: return _read_json(self.thresholds, "run `pneumokit search` first")
+def read_thresholds(self: RunDir) -> dict: return read_json(self.thresholds, "run `pneumokit search` first")
+
+@patch
+def stale_search(self: RunDir) -> tuple[list, list] | None:
+    "`(searched folds, finished folds)` when the saved threshold search was made on other folds than the run has now, else None."
+    if not self.thresholds.is_file(): return None
+    searched, now = self.read_thresholds().get('folds'), self.fold_ids('oof')
+    return (searched, now) if searched is not None and searched != now else None
 
 @patch
 def forget_search(self: RunDir) -> list[Path]:

@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/pipeline.html.md"""
 
 # %% ../nbs/14b_pipeline.ipynb #5002d76b
 from __future__ import annotations
-import json, shutil, time
+import shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +21,7 @@ from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .folds import load_folds, make_folds, save_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, read_maps
+from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .submission import make_submission
@@ -157,10 +157,8 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
 
 def _forget_stale_search(run: RunDir):
     "A threshold search made on other folds than the run's finished ones no longer describes it: remove it, and say so."
-    if not run.thresholds.is_file(): return
-    searched, now = run.read_thresholds().get('folds'), run.fold_ids('oof')
-    if searched != now and run.forget_search() and run.main:
-        print(f"{run.thresholds} was searched on folds {searched}; the run now has folds {now}: removed, search again")
+    if (stale := run.stale_search()) and run.forget_search() and run.main:
+        print(f"{run.thresholds} was searched on folds {stale[0]}; the run now has folds {stale[1]}: removed, search again")
 
 # %% ../nbs/14b_pipeline.ipynb #4e659dff
 @dataclass
@@ -212,24 +210,19 @@ def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved ru
     p = Path(thresholds)
     if not p.is_dir():
         if not p.is_file(): raise FileNotFoundError(f"{p} not found: give a run folder, its thresholds file or a rule")
-        t = _read_rule_file(p)
+        t = read_json(p, 'give a run folder, a saved rule file or a rule')
         return rule_from_dict(t, p), t.get('size')
     run = RunDir(p)
     if run.thresholds.is_file():
+        if stale := run.stale_search():
+            raise ValueError(f"{run.thresholds} was searched on folds {stale[0]} but the run has folds {stale[1]}: search again")
         t = run.read_thresholds()
-        if (searched := t.get('folds')) is not None and searched != (now := run.fold_ids('oof')):
-            raise ValueError(f"{run.thresholds} was searched on folds {searched} but the run has folds {now}: search again")
         return rule_from_dict(t, run.thresholds), t.get('size')
     cfg = run_config(run)
     if (rule := cfg.thresholds.default_rule()) is None:
         raise FileNotFoundError(f"{run.thresholds} not found and {run.config} has no `thresholds.default`: run `search` first")
     print(f"no threshold search in {run.root}: submitting with the config's default rule ({rule.describe()})")
     return rule, cfg.recipe.stages[-1].size
-
-def _read_rule_file(p: Path) -> dict:
-    "A rule saved as JSON (by `search`, or written by hand)."
-    try: return json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
 
 def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
            dest: str | Path, # submission CSV
