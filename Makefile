@@ -8,7 +8,7 @@ STAMP := $(VENV)/.pneumokit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 NB_WORKERS ?= 2
 
-.PHONY: install demo test check-nbdev nbtest pytest bench readme clean browser-deps test-browser test-fresh screenshots
+.PHONY: install demo test check-nbdev nbtest pytest bench gpu-check readme clean browser-deps test-browser test-fresh screenshots
 # Python Playwright drives Debian's Chromium (apt); it never downloads a browser.
 PLAYWRIGHT := playwright==1.65.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -59,6 +59,11 @@ screenshots: browser-deps
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# On a CUDA machine: the 1st-place recipe at 512 and 1024 px (mixed precision, channels-last, torch.compile, TTA inference,
+# DDP, the `#| cuda` cells) within an 8-minute budget; figures in reports/gpu-check.json. `make test` runs its CPU twin (--tiny).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 readme: $(STAMP)
 	$(BIN)/python tests/render_readme.py --write

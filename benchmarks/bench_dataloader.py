@@ -1,17 +1,18 @@
-"""Does the data loader keep up with training? (pneumokit.data)
+"""Can the data loader feed a GPU? (pneumokit.data) Images/s per CPU core at 512 and 1024 px, and the cores one GPU needs.
 
-Throughput of `siim_dataloaders` with the 1st-place augmentations ('siim-1st') at 512 px, for 0, 1 and 2 loader
-processes, against:
-- the naive reference, measured in the same run: a plain Python loop that reads the same PNGs with OpenCV and applies
+For each size, on the PNG cache with the 1st-place training augmentations ('siim-1st'), on one core (one torch and one
+OpenCV thread, no loader process):
+- the naive reference, measured in the same run: a bare Python loop that reads the cached PNGs with OpenCV and applies
   the same albumentations pipeline (no fastai, no collation, no normalisation);
-- the training step rate of the model it would feed on this machine: smp Unet(resnet34, no pretrained weights),
-  batch 4 at 512 px, forward + backward + Adam step.
-With `n_workers=0` the batch transforms (uint8 -> float, 3 channels, ImageNet normalisation) and the collation run in
-the main process with torch's intra-op threads; on an oversubscribed machine those small parallel ops can stall, so that
-case is also measured with one torch thread (what fastai gives its worker processes).
+- `siim_dataloaders` as a GPU run uses it: what a loader process does (read, augment, collate into uint8 batches), the
+  batch transforms (uint8 -> float, 3 channels, ImageNet normalisation) left out because on a GPU they run there;
+- `siim_dataloaders` on a CPU run: the same plus the batch transforms on this CPU;
+- the loader with 1 and 2 processes (what it gives on this machine, CPU batch transforms included).
+Then the GPU's appetite -- an estimate, see `APPETITE` -- divided by the per-core rate gives the cores one GPU needs.
 
-Data: a synthetic mini SIIM-ACR (`make_mini_siim`) cached at 512 px by `build_cache`, in a temporary folder.
-Run: `.venv/bin/python benchmarks/bench_dataloader.py [--n-images 64] [--epochs 2] [--steps 3] [--workers 0 1 2]`
+Data: a synthetic mini SIIM-ACR at 1024 px (`make_mini_siim`) cached at 512 and 1024 px by `build_cache`, in a
+temporary folder.
+Run: `.venv/bin/python benchmarks/bench_dataloader.py [--n-images 48] [--epochs 2] [--sizes 512 1024] [--workers 1 2]`
 """
 from __future__ import annotations
 import argparse, os, shutil, tempfile, time
@@ -20,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from fastcore.transform import Pipeline
 
 from pneumokit.core import default_workers, seed_everything
 from pneumokit.data import get_augs, siim_dataloaders
@@ -27,87 +29,94 @@ from pneumokit.dicom import build_cache
 from pneumokit.folds import make_folds
 from pneumokit.synthetic import make_mini_siim
 
-SIZE, BS = 512, 4
+BS = {512: 16, 1024: 4}  # the 1st-place config's batch sizes (`siim-1st-place.yaml`)
+
+# Training images/s of one H100 on ResNet34-UNet at 1024 px with mixed precision: an ESTIMATE (no GPU measured it here;
+# `make gpu-check` measures it). Its derivation, as in nbs/21_distributed.ipynb: NVIDIA's published ResNet-50 v1.5
+# mixed-precision training throughput on an A100 80GB is 2,470 img/s (DeepLearningExamples, PyTorch, NGC 21.03); an H100
+# SXM is taken as 1.7-2.5x an A100 (its memory bandwidth ratio to its float16 peak ratio); a 1024 px ResNet34-UNet
+# training image costs ~745 GFLOP against ResNet-50's ~24 GFLOP at 224 px (FLOP counts measured in 21_distributed), and
+# the UNet turns FLOPs into images at 0.6-1.0x ResNet-50's rate. FLOPs scale with the pixels: 512 px costs a quarter.
+_H100_1024 = tuple(2470 * g * 24 / 745 * e for g, e in ((1.7, 0.6), (2.5, 1.0)))  # ≈ (81, 199) images/s
+APPETITE = {s: tuple(v * (1024 / s) ** 2 for v in _H100_1024) for s in (512, 1024)}
+TYPICAL_CORES = 16  # CPU cores of a typical one-GPU box
 
 
-def make_data(tmp: Path, n_images: int) -> tuple[Path, object]:
-    "Mini SIIM at 512 px, cached at 512; returns (cache, folds)."
-    mini = make_mini_siim(tmp/'mini', n_train=n_images, n_test=0, size=SIZE, n_workers=default_workers(), progress=False)
-    build_cache(mini/'dicom-images-train', tmp/'cache', sizes=(SIZE,), labels=mini/'train-rle.csv',
+def make_data(tmp: Path, n_images: int, sizes: list[int]) -> tuple[Path, object]:
+    "Mini SIIM at 1024 px, cached at `sizes`; returns (cache, folds)."
+    mini = make_mini_siim(tmp/'mini', n_train=n_images, n_test=0, size=1024, n_workers=default_workers(), progress=False)
+    build_cache(mini/'dicom-images-train', tmp/'cache', sizes=sizes, labels=mini/'train-rle.csv',
                 n_workers=default_workers(), progress=False)
     return tmp/'cache', make_folds(mini/'train-rle.csv', n_splits=5, seed=0, n_bins=1)
 
 
-def loader_rate(cache: Path, folds, n_workers: int, epochs: int, threads: int | None = None) -> float:
-    "Images/s over `epochs` passes of the training loader (worker start-up included: it is paid every epoch)."
-    dls = siim_dataloaders(cache, SIZE, folds, fold=0, bs=BS, aug='siim-1st', n_workers=n_workers, device='cpu')
-    old = torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        n, t0 = 0, time.perf_counter()
-        for _ in range(epochs):
-            for xb, _ in dls.train: n += len(xb)
-        return n / (time.perf_counter() - t0)
-    finally: torch.set_num_threads(old)
+class one_core:
+    "One torch thread and one OpenCV thread inside the block (what a loader process gets)."
+    def __enter__(self): self.t, self.c = torch.get_num_threads(), cv2.getNumThreads(); torch.set_num_threads(1); cv2.setNumThreads(1)
+    def __exit__(self, *_): torch.set_num_threads(self.t); cv2.setNumThreads(self.c)
 
 
-def naive_rate(cache: Path, ids: list[str], epochs: int) -> float:
-    "Images/s of a plain loop: cv2.imread image and mask, then the same albumentations pipeline."
-    aug, n, t0 = get_augs('siim-1st', SIZE, seed=0), 0, time.perf_counter()
+def naive_rate(cache: Path, size: int, ids: list[str], epochs: int) -> float:
+    "Images/s of a bare loop: cv2.imread image and mask, then the same albumentations pipeline."
+    aug, n, t0 = get_augs('siim-1st', size, seed=0), 0, time.perf_counter()
     for _ in range(epochs):
         for i in ids:
-            img = cv2.imread(str(cache/str(SIZE)/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
-            msk = cv2.imread(str(cache/str(SIZE)/'masks'/f'{i}.png'), cv2.IMREAD_GRAYSCALE) // 255
+            img = cv2.imread(str(cache/str(size)/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
+            msk = cv2.imread(str(cache/str(size)/'masks'/f'{i}.png'), cv2.IMREAD_GRAYSCALE) // 255
             aug(image=img, mask=msk); n += 1
     return n / (time.perf_counter() - t0)
 
 
-def model_rate(steps: int) -> float:
-    "Images/s of training steps of smp Unet(resnet34) on CPU, batch 4 at 512 px (after one warm-up step)."
-    import segmentation_models_pytorch as smp
-    model = smp.Unet('resnet34', encoder_weights=None, classes=1).train()
-    opt, loss_fn = torch.optim.Adam(model.parameters(), 1e-4), torch.nn.BCEWithLogitsLoss()
-    x, y = torch.randn(BS, 3, SIZE, SIZE), (torch.rand(BS, 1, SIZE, SIZE) > 0.9).float()
-    def step():
-        opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps): step()
-    return BS * steps / (time.perf_counter() - t0)
+def loader_rate(cache: Path, size: int, folds, n_workers: int, epochs: int, batch_tfms: bool = True) -> float:
+    "Images/s over `epochs` passes of the training loader (worker start-up included: it is paid every epoch)."
+    dls = siim_dataloaders(cache, size, folds, fold=0, bs=BS.get(size, 8), aug='siim-1st', n_workers=n_workers, device='cpu')
+    if not batch_tfms: dls.train.after_batch = Pipeline([])  # uint8 batches, as a GPU run's loader processes hand them over
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for xb, _ in dls.train: n += len(xb)
+    return n / (time.perf_counter() - t0)
+
+
+def measure(cache: Path, size: int, folds, epochs: int, workers: list[int]) -> dict:
+    "Every rate at `size` (images/s)."
+    ids = folds.ImageId[folds.fold != 0].tolist()
+    with one_core():
+        r = dict(naive=naive_rate(cache, size, ids, epochs),
+                 worker=loader_rate(cache, size, folds, 0, epochs, batch_tfms=False),
+                 cpu_run=loader_rate(cache, size, folds, 0, epochs))
+    for w in workers: r[f'{w} processes'] = loader_rate(cache, size, folds, w, epochs)
+    return r
+
+
+def report(size: int, r: dict):
+    naive, worker = r['naive'], r['worker']
+    lo, hi = APPETITE[size]
+    print(f"\n{size} px, batch {BS.get(size, 8)}, one core:")
+    print(f"  naive loop (cv2.imread + albumentations 'siim-1st'):       {naive:7.1f} images/s")
+    print(f"  siim_dataloaders, a GPU run's loader work (uint8 batches):  {worker:7.1f} images/s ({worker / naive:.2f}x the naive loop)")
+    print(f"  siim_dataloaders, CPU run (+ float, 3 channels, normalise): {r['cpu_run']:7.1f} images/s ({r['cpu_run'] / naive:.2f}x the naive loop)")
+    for k, v in r.items():
+        if k.endswith('processes'): print(f"  siim_dataloaders, {k} (CPU run):                  {v:7.1f} images/s ({v / int(k.split()[0]):.1f} per process)")
+    print(f"  H100 appetite (estimate): {lo:.0f}-{hi:.0f} images/s -> {lo / worker:.1f}-{hi / worker:.1f} loader cores to keep it busy "
+          f"({'fits' if hi / worker <= TYPICAL_CORES else 'more than'} a {TYPICAL_CORES}-core box)")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--n-images', type=int, default=64)
+    p.add_argument('--n-images', type=int, default=48)
     p.add_argument('--epochs', type=int, default=2)
-    p.add_argument('--steps', type=int, default=3)
-    p.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--sizes', type=int, nargs='+', default=[512, 1024])
+    p.add_argument('--workers', type=int, nargs='*', default=[1, 2])
     a = p.parse_args()
     seed_everything(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {default_workers()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {default_workers()} cores, load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix='bench_dataloader_'))
     try:
-        t0 = time.perf_counter(); cache, folds = make_data(tmp, a.n_images)
-        train_ids = folds.ImageId[folds.fold != 0].tolist()
-        print(f"data: {a.n_images} synthetic DICOMs at {SIZE} px cached in {time.perf_counter() - t0:.0f} s; "
-              f"{len(train_ids)} training images x {a.epochs} epochs per measurement")
-        naive = naive_rate(cache, train_ids, a.epochs)
-        print(f"naive loop (cv2.imread + albumentations 'siim-1st'): {naive:7.1f} images/s")
-        rates = {}
-        for w in a.workers:
-            rates[w] = loader_rate(cache, folds, w, a.epochs)
-            print(f"siim_dataloaders, n_workers={w}:                  {rates[w]:7.1f} images/s "
-                  f"({rates[w] / max(w, 1):.1f} per process; {rates[w] / naive:.2f}x the naive loop)")
-        one = loader_rate(cache, folds, 0, a.epochs, threads=1)
-        print(f"siim_dataloaders, n_workers=0, 1 torch thread:    {one:7.1f} images/s ({one / naive:.2f}x the naive loop)")
-        model = model_rate(a.steps)
-        print(f"training step, smp Unet(resnet34), bs {BS} at {SIZE} px, CPU: {model:7.2f} images/s "
-              f"({BS / model:.1f} s per step)")
-        best = max(rates, key=rates.get)
-        print(f"loader / model: {rates[best] / model:.1f}x with n_workers={best}, {rates[0] / model:.1f}x with n_workers=0 -> "
-              f"{'the loader keeps up' if rates[0] >= model else 'the loader is the bottleneck'} on this machine")
-        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+        t0 = time.perf_counter(); cache, folds = make_data(tmp, a.n_images, a.sizes)
+        print(f"data: {a.n_images} synthetic DICOMs at 1024 px cached at {a.sizes} px in {time.perf_counter() - t0:.0f} s; "
+              f"{(folds.fold != 0).sum()} training images x {a.epochs} epochs per measurement")
+        for size in a.sizes: report(size, measure(cache, size, folds, a.epochs, a.workers))
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other processes on this machine slow every figure alike)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

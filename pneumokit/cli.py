@@ -129,9 +129,13 @@ def split(labels: str, # label CSV (train-rle.csv)
     return df
 
 # %% ../nbs/15_cli.ipynb #f43c4e84
+def _n_processes(processes: int | None) -> int:
+    "DDP processes for `--distributed`: as asked, else one per GPU, at least 2 on a machine without one."
+    return check_int('processes', processes) if processes is not None else (torch.cuda.device_count() or 2)
+
 def _relaunch(processes: int | None) -> None:
     "Run this same `pneumokit train` command as DDP processes; a CliError when they fail."
-    n = processes or max(2, torch.cuda.device_count())
+    n = _n_processes(processes)
     res = launch(['-m', 'pneumokit', 'train', *_without_option(sys.argv[1:], '--processes')], num_processes=n)
     if res.returncode: raise CliError(f"the {n} DDP processes failed (exit {res.returncode}); their output is above")
 
@@ -150,7 +154,7 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
          ) -> pd.DataFrame | None:
     "Train a config's folds (frozen then unfrozen stages, top-k checkpoints, out-of-fold maps); resumable."
     cfg = _config(config)
-    if distributed and not is_launched(): return _relaunch(processes)
+    if distributed and not is_launched() and _n_processes(processes) > 1: return _relaunch(processes)
     summary = pipeline.train(cfg, _existing(cache, 'PNG cache'), _existing(folds, 'folds file'), run, fold=fold,
                              resume=resume, device=device, n_workers=workers, tensorboard=not no_tensorboard,
                              distributed=distributed)
