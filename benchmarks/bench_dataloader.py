@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from fastcore.transform import Pipeline
+from fasttransform import Pipeline
 
 from pneumokit.core import default_workers, seed_everything
 from pneumokit.data import get_augs, siim_dataloaders
@@ -56,49 +56,64 @@ class one_core:
     def __exit__(self, *_): torch.set_num_threads(self.t); cv2.setNumThreads(self.c)
 
 
-def naive_rate(cache: Path, size: int, ids: list[str], epochs: int) -> float:
-    "Images/s of a bare loop: cv2.imread image and mask, then the same albumentations pipeline."
-    aug, n, t0 = get_augs('siim-1st', size, seed=0), 0, time.perf_counter()
-    for _ in range(epochs):
-        for i in ids:
-            img = cv2.imread(str(cache/str(size)/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
-            msk = cv2.imread(str(cache/str(size)/'masks'/f'{i}.png'), cv2.IMREAD_GRAYSCALE) // 255
-            aug(image=img, mask=msk); n += 1
-    return n / (time.perf_counter() - t0)
+class clock:
+    "Wall and CPU seconds of a block (the CPU seconds of this process: one core's work, whatever else the machine runs)."
+    def __enter__(self): self.w, self.c = time.perf_counter(), time.process_time(); return self
+    def __exit__(self, *_): self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+def naive_rate(cache: Path, size: int, ids: list[str], epochs: int) -> tuple[dict, dict]:
+    "Images/s (wall, CPU) of a bare loop: cv2.imread image and mask, then the same albumentations pipeline; and CPU ms per image of each part."
+    aug, n, parts = get_augs('siim-1st', size, seed=0), 0, dict(image_png=0., mask_png=0., augment=0.)
+    with clock() as c:
+        for _ in range(epochs):
+            for i in ids:
+                t0 = time.process_time()
+                img = cv2.imread(str(cache/str(size)/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
+                t1 = time.process_time()
+                msk = cv2.imread(str(cache/str(size)/'masks'/f'{i}.png'), cv2.IMREAD_GRAYSCALE) // 255
+                t2 = time.process_time()
+                aug(image=img, mask=msk); n += 1
+                for k, v in zip(parts, (t1 - t0, t2 - t1, time.process_time() - t2)): parts[k] += v
+    return dict(wall=n / c.wall, cpu=n / c.cpu), {k: 1000 * v / n for k, v in parts.items()}
 
 
 def loader_rate(cache: Path, size: int, folds, n_workers: int, epochs: int, batch_tfms: bool = True) -> float:
     "Images/s over `epochs` passes of the training loader (worker start-up included: it is paid every epoch)."
     dls = siim_dataloaders(cache, size, folds, fold=0, bs=BS.get(size, 8), aug='siim-1st', n_workers=n_workers, device='cpu')
     if not batch_tfms: dls.train.after_batch = Pipeline([])  # uint8 batches, as a GPU run's loader processes hand them over
-    n, t0 = 0, time.perf_counter()
-    for _ in range(epochs):
-        for xb, _ in dls.train: n += len(xb)
-    return n / (time.perf_counter() - t0)
+    n = 0
+    with clock() as c:
+        for _ in range(epochs):
+            for xb, _ in dls.train: n += len(xb)
+    return dict(wall=n / c.wall, cpu=n / c.cpu) if n_workers == 0 else n / c.wall
 
 
 def measure(cache: Path, size: int, folds, epochs: int, workers: list[int]) -> dict:
     "Every rate at `size` (images/s)."
     ids = folds.ImageId[folds.fold != 0].tolist()
     with one_core():
-        r = dict(naive=naive_rate(cache, size, ids, epochs),
-                 worker=loader_rate(cache, size, folds, 0, epochs, batch_tfms=False),
+        naive, parts = naive_rate(cache, size, ids, epochs)
+        r = dict(naive=naive, parts=parts, worker=loader_rate(cache, size, folds, 0, epochs, batch_tfms=False),
                  cpu_run=loader_rate(cache, size, folds, 0, epochs))
     for w in workers: r[f'{w} processes'] = loader_rate(cache, size, folds, w, epochs)
     return r
 
 
 def report(size: int, r: dict):
-    naive, worker = r['naive'], r['worker']
+    naive, worker, cpu_run = r['naive'], r['worker'], r['cpu_run']
     lo, hi = APPETITE[size]
-    print(f"\n{size} px, batch {BS.get(size, 8)}, one core:")
-    print(f"  naive loop (cv2.imread + albumentations 'siim-1st'):       {naive:7.1f} images/s")
-    print(f"  siim_dataloaders, a GPU run's loader work (uint8 batches):  {worker:7.1f} images/s ({worker / naive:.2f}x the naive loop)")
-    print(f"  siim_dataloaders, CPU run (+ float, 3 channels, normalise): {r['cpu_run']:7.1f} images/s ({r['cpu_run'] / naive:.2f}x the naive loop)")
+    print(f"\n{size} px, batch {BS.get(size, 8)}, one core -- images/s by the wall clock | per CPU-second of this process:")
+    row = lambda name, v: print(f"  {name:<60} {v['wall']:6.1f} | {v['cpu']:6.1f}   ({v['cpu'] / naive['cpu']:.2f}x the naive loop per CPU-second)")
+    row("naive loop (cv2.imread + albumentations 'siim-1st')", naive)
+    row("siim_dataloaders, a GPU run's loader work (uint8 batches)", worker)
+    row("siim_dataloaders, CPU run (+ float, 3 channels, normalise)", cpu_run)
+    print("  CPU ms per image in the naive loop: " + ', '.join(f'{k} {v:.1f}' for k, v in r['parts'].items()))
     for k, v in r.items():
-        if k.endswith('processes'): print(f"  siim_dataloaders, {k} (CPU run):                  {v:7.1f} images/s ({v / int(k.split()[0]):.1f} per process)")
-    print(f"  H100 appetite (estimate): {lo:.0f}-{hi:.0f} images/s -> {lo / worker:.1f}-{hi / worker:.1f} loader cores to keep it busy "
-          f"({'fits' if hi / worker <= TYPICAL_CORES else 'more than'} a {TYPICAL_CORES}-core box)")
+        if k.endswith('processes'): print(f"  siim_dataloaders, {k} (CPU run): {v:6.1f} images/s by the wall clock ({v / int(k.split()[0]):.1f} per process)")
+    per_core = worker['cpu']
+    print(f"  H100 appetite (estimate): {lo:.0f}-{hi:.0f} images/s -> {lo / per_core:.1f}-{hi / per_core:.1f} loader cores keep it busy "
+          f"at {per_core:.1f} images per CPU-second ({'within' if hi / per_core <= TYPICAL_CORES else 'more than'} a {TYPICAL_CORES}-core box)")
 
 
 def main():
