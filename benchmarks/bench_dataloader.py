@@ -10,8 +10,27 @@ OpenCV thread, no loader process):
 - the loader with 1 and 2 processes (what it gives on this machine, CPU batch transforms included).
 Then the GPU's appetite -- an estimate, see `APPETITE` -- divided by the per-core rate gives the cores one GPU needs.
 
+"One core" is measured twice: images per second of wall clock, and images per CPU-second of this (single-threaded)
+process. On a shared machine the wall clock counts the time other processes took the core; the CPU seconds do not, so
+they are the per-core figure the cores-needed estimate uses.
+
 Data: a synthetic mini SIIM-ACR at 1024 px (`make_mini_siim`) cached at 512 and 1024 px by `build_cache`, in a
 temporary folder.
+
+Measured here (2 shared cores, load average 5-6 from other jobs; torch 2.14.1, OpenCV 4.14.0), images per CPU-second:
+
+| size | naive loop | loader work of a GPU run | same, vs naive | CPU run (+ batch transforms) | CPU ms/image: image PNG, mask PNG, augment |
+|---|---|---|---|---|---|
+| 512 px | 95.9 | 80.9 | 0.84x | 42.3 | 3.5, 1.6, 5.3 |
+| 1024 px | 28.9 | 24.5 | 0.85x | 14.0 | 12.1, 5.2, 17.2 |
+
+fastai's loader adds ~18% to the bare loop's work per image (PIL round trips, the 0/1 mask threshold, collation); the
+rest is PNG decoding (half of it) and the augmentations (the elastic transform, at p = 0.1, is their largest share).
+Against the estimated H100 appetite -- 81-199 images/s at 1024 px, 325-796 at 512 px -- one GPU needs **3-8 loader cores
+at 1024 px and 4-10 at 512 px**: within a 16-core box, so the loader was left as it is (no before/after). Two caveats,
+which `make gpu-check` settles on the GPU (its `loader_images_per_s` and `gpu_starved` figures): the appetite is an
+estimate, and `siim_dataloaders` gives a single GPU at most 8 workers, under the 10 cores the high estimate wants at 512 px.
+The wall-clock figures of the same run were 2-5x lower: the other jobs' share of the cores.
 Run: `.venv/bin/python benchmarks/bench_dataloader.py [--n-images 48] [--epochs 2] [--sizes 512 1024] [--workers 1 2]`
 """
 from __future__ import annotations

@@ -145,7 +145,8 @@ def with_steps(r: Recipe, folds, steps: int) -> Recipe:
 
 
 class Meter(Callback):
-    "Times the training batches of each stage (after `warmup` of them; validation excluded), keeps the losses, and ends a stage at its deadline."
+    """Times the training batches of each stage (steady state: after `warmup` of them, and from each epoch's second batch;
+    validation excluded), keeps the losses, and ends a stage at its deadline."""
     order = 99  # after the Recorder
     def __init__(self, deadlines: list[float], warmup: int):
         self.deadlines, self.warmup, self.stage = deadlines, warmup, -1
@@ -154,22 +155,21 @@ class Meter(Callback):
     def _stop(self, where: str):
         "At the stage's deadline: end the stage once an epoch has finished (a checkpoint exists), else end this epoch's training."
         if time.monotonic() < self.deadlines[min(self.stage, len(self.deadlines) - 1)]: return
-        self.stats[-1]['stopped'] = 'phase cap'
-        if self.epochs_done or where == 'batch' and not self.training: raise CancelFitException()
-        if where == 'batch': raise CancelTrainException()
+        if self.epochs_done: self.stats[-1]['stopped'] = 'phase cap'; raise CancelFitException()
+        if where == 'batch': self.stats[-1]['stopped'] = 'phase cap'; raise CancelTrainException()
 
     def before_fit(self):
         self.stage += 1
         self.stats.append(dict(batches=0, images=0, seconds=0., stopped=None, bs=self.dls.train.bs))
         self._stop('fit')
-    def before_train(self): self.last = time.perf_counter(); self._stop('train')
+    def before_train(self): self.last = None; self._stop('train')  # an epoch's first batch waits for the loader processes to start
     def after_epoch(self): self.epochs_done += 1
     def after_batch(self):
         if not self.training: return
         self.losses.append(float(self.learn.loss.detach()))  # a sync: the clock below sees the GPU's work done
         now, st = time.perf_counter(), self.stats[-1]
         st['batches'] += 1
-        if st['batches'] > self.warmup: st['images'] += len(self.xb[0]); st['seconds'] += now - self.last
+        if st['batches'] > self.warmup and self.last is not None: st['images'] += len(self.xb[0]); st['seconds'] += now - self.last
         self.last = now
         self._stop('batch')
 
