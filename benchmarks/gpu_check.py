@@ -27,6 +27,8 @@ encoder trains from scratch, as the shipped config says (`weights: null`).
 `--tiny` runs the same phases on the CPU at toy sizes (32 and 64 px, batch 4, a few steps) in a minute or two;
 `make test` runs it (tests/test_gpu_check.py), so the script cannot rot between GPU visits.
 
+Not yet run on a GPU: no machine was lent to the session that wrote it; only `--tiny` has run (2 shared CPU cores).
+
 Run: `.venv/bin/python benchmarks/gpu_check.py [--budget-min 8] [--tiny] [--out reports/gpu-check.json] [--sizes 512 1024]`
 """
 from __future__ import annotations
