@@ -359,13 +359,14 @@ class Check:
     def ddp(self, deadline: float):
         self.need_data()
         size, a = self.a.sizes[0], self.a
-        r = self.recipe(size)
-        f, u = r.stages
+        r, n = self.recipe(size), torch.cuda.device_count() if self.cuda else 1
+        train_pos = self.folds.has_mask[self.folds.fold != 0].to_numpy(bool)
+        # each process must get a batch of the (small) epoch: many GPUs take smaller batches each
+        stages = [dict(_stage_dict(s), epochs=1, bs=max(1, min(s.bs, epoch_length(train_pos, pos_frac_at(s.pos_frac, 0)) // n)))
+                  for s in r.stages]
         cfg = dict(base=CONFIG, name='gpu-check-ddp', description='the 1st-place stages at one size, one epoch each',
-                   model=dict(encoder=r.encoder), train=dict(top_k=1),
-                   stages=[dict(_stage_dict(f), epochs=1), dict(_stage_dict(u), epochs=1)], data=dict(folds=[0]))
+                   model=dict(encoder=r.encoder), train=dict(top_k=1), stages=stages, data=dict(folds=[0]))
         (self.tmp/'ddp.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
-        n = torch.cuda.device_count() if self.cuda else 1
         cmd = [sys.executable, '-m', 'pneumokit', 'train', str(self.tmp/'ddp.yaml'), str(self.tmp/'cache'),
                str(self.tmp/'folds.csv'), str(self.tmp/'run_ddp'), '--fold', '0', '--distributed', '--no-tensorboard',
                *(['--workers', str(a.workers)] if a.workers is not None else []),
@@ -374,7 +375,7 @@ class Check:
         t0 = time.monotonic()
         res = _run(cmd, timeout=deadline - time.monotonic())
         secs = round(time.monotonic() - t0, 1)
-        out = dict(world_size=n, backend='nccl' if self.cuda and n > 1 else ('gloo' if n > 1 else 'world of one'),
+        out = dict(world_size=n, bs_per_process=[st['bs'] for st in stages], backend='nccl' if self.cuda and n > 1 else ('gloo' if n > 1 else 'world of one'),
                    command=' '.join(['pneumokit', *cmd[3:]]), seconds=secs, exit=res['exit'])
         if res['exit'] == 0:
             summary = RunDir(self.tmp/'run_ddp').collect_summary()
