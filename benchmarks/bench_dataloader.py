@@ -38,7 +38,6 @@ import argparse, os, shutil, tempfile, time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from fasttransform import Pipeline
 

@@ -42,7 +42,7 @@ import yaml
 from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 
 from pneumokit.config import load_config
-from pneumokit.core import default_workers, get_device, seed_everything, write_bytes_atomic
+from pneumokit.core import default_workers, seed_everything, write_bytes_atomic
 from pneumokit.data import _loader_workers, epoch_length, pos_frac_at, siim_dataloaders
 from pneumokit.dicom import build_cache
 from pneumokit.folds import make_folds, save_folds
