@@ -211,7 +211,7 @@ def predict(run: str, # run folder (`pneumokit train`)
 @call_parse
 def score(preds: str, # folder of predicted label volumes (`pneumokit predict` of a volume run)
           volumes: str, # folder of the true label volumes (and scans), as given to `pneumokit slice`
-          dest: str = None, # CSV for the per-class, per-case table (default: scores.csv in `preds`)
+          dest: str = None, # CSV for the per-class, per-case table (default: the score table in `preds`)
           codes: str = 'spine', # the class names: a `pneumokit.volumes.CODE_SETS` name
           pattern: str = '*.nii*', # glob of the scans under `volumes`
          ) -> pd.DataFrame:

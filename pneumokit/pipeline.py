@@ -467,7 +467,7 @@ def _split_cases(cache: str | Path, dest: str | Path, cfg) -> pd.DataFrame:
 # %% ../nbs/14b_pipeline.ipynb #5dd8274b
 def score(preds: str | Path, # folder of predicted label volumes (`predict` of a volume run)
           volumes: str | Path, # folder of the true label volumes (and their scans), as given to `slice`
-          dest: str | Path | None = None, # CSV for the table (default: `scores.csv` in `preds`)
+          dest: str | Path | None = None, # CSV for the table (default: `VolumeDir(preds).scores`)
           codes: str | Sequence[str] = 'spine', # a `pneumokit.volumes.CODE_SETS` name, or the class names
           pattern: str = _SCANS, # glob of the scans under `volumes`
          ) -> pd.DataFrame:
