@@ -143,7 +143,7 @@ def split(labels: str, # label CSV (train-rle.csv), or a slice cache (`pneumokit
           workers: int = None, # processes reading DICOM headers
          ) -> pd.DataFrame:
     "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case."
-    df = pipeline.split(_existing(labels, 'label CSV (or slice cache)'), dest, _config(config) if config else None,
+    df = pipeline.split(_existing(labels, 'label CSV'), dest, _config(config) if config else None,
                         dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers)
     rates = df.groupby('fold').has_mask.mean()
     print(f"{len(df)} images in {df.fold.nunique()} folds -> {dest} (positive rate per fold {rates.min():.3f}-{rates.max():.3f})")
