@@ -134,6 +134,7 @@ class DataKind:
     folds: Callable  # (folds file) -> the folds table the fold trainer reads
     started: Callable  # (run, cache) -> None: what a new or resumed run records beside its config
     predict: Callable  # (models, inputs, dest, cfg, run, device) -> (one row per prediction, where they went)
+    thresholds: bool = True  # its predictions are probabilities that a threshold rule turns into masks (`search`, `submit`)
 
 def _png_check(cfg: Config, cache):
     if missing := [s for s in cfg.sizes if s not in CacheDir(cache).sizes()]:
@@ -179,7 +180,7 @@ def _predict_scans(models, scans, dest, cfg: Config, run: RunDir, device):
 _SCANS = '*.nii*'  # every NIfTI file (`.nii.gz`, `.nii`) not named like a label file is a scan
 
 DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict),
-                  multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans))
+                  multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans, thresholds=False))
 
 def data_kind(cfg: Config, # a config
              ) -> DataKind:
@@ -240,6 +241,8 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
     "Score the config's threshold rule over its grid on the out-of-fold maps; save the table, the best rule and the plot."
     run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
+    if not data_kind(cfg).thresholds: raise ValueError(f"{run.root} predicts label maps (the argmax of its {cfg.recipe.mode} model): "
+                                                       "no threshold to search; `score` its predicted volumes")
     ids, maps = run.load_oof()
     size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
     cls = run.oof_cls(ids) if rule.needs_cls else None  # a classifier rule gates on the models' image-level head

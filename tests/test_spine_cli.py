@@ -134,3 +134,8 @@ def test_one_line_and_no_traceback_from_the_console_script(tmp_path):
     res = run_cli('slice', folder, tmp_path/'cache', '--size', 32, check=False)
     assert res.returncode != 0 and 'Traceback' not in res.stderr
     assert res.stderr.strip() == 'pneumokit slice: case Case2: label values [25] are outside the 20 declared codes (0..19)'
+
+
+def test_a_volume_run_has_no_threshold_to_search(spine_run):
+    d, _, _ = spine_run
+    _fails('search', d/'run', needles=['predicts label maps', 'no threshold to search'])
