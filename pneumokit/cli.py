@@ -21,11 +21,12 @@ from .config import load_config
 from .core import check_int
 from .ddp import is_launched, is_main, launch
 from .eda import describe_findings
+from .layout import VolumeDir
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['COMMANDS', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'configs', 'demo',
-           'run_command', 'main']
+__all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit',
+           'configs', 'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -87,6 +88,26 @@ def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat)
     print(f"cache in {cache}: " + ', '.join(f'{v} {k}' for k, v in counts.items()))
     return man
 
+# %% ../nbs/15_cli.ipynb #44e51d62
+@call_parse
+def slice(volumes: str, # folder of NIfTI scans and their label volumes (`mask_<scan name>`, optional), flat or nested
+          cache: str, # slice cache folder (see `pneumokit.layout.SliceCacheDir`)
+          config: str = None, # slice at this config's size; its `model.classes` must match the codes
+          size: int = None, # or the side of the square slices
+          axis: int = 2, # axis to slice along (2: sagittal slices of MRSpineSeg's volumes)
+          codes: str = 'spine', # the class names: a `pneumokit.volumes.CODE_SETS` name
+          keep_empty_edges: bool = False, # also cache the label-free slices at both ends of a labelled scan
+          pattern: str = '*.nii*', # glob of the scans (files named like a label volume are never scans)
+          workers: int = 0, # worker processes (0: this one)
+         ) -> pd.DataFrame:
+    "Cut NIfTI scans (label volumes optional) into a cache of 2D slices; scans without labels are cached to be predicted."
+    df = pipeline.slice(_existing(volumes, 'volume folder'), cache, _config(config) if config else None, size=size, axis=axis,
+                        codes=codes, drop_empty_edges=not keep_empty_edges, pattern=pattern, n_workers=workers)
+    bare = sorted(set(df.case[df.label.isna()]))
+    print(f"{len(df)} slices of {df.case.nunique()} scans -> {cache}"
+          + (f"; {len(bare)} without a label volume (to predict, not to train on): {', '.join(bare)}" if bare else ''))
+    return df
+
 # %% ../nbs/15_cli.ipynb #6daa35f8
 @call_parse
 def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
@@ -115,13 +136,13 @@ def eda(labels: str, # label CSV
 
 # %% ../nbs/15_cli.ipynb #437b5230
 @call_parse
-def split(labels: str, # label CSV (train-rle.csv)
+def split(labels: str, # label CSV (train-rle.csv), or a slice cache (`pneumokit slice`): folds by case
           dest: str = 'folds.csv', # folds CSV to write
           config: str = None, # take `data.n_splits` and `data.seed` from this config (default: 5 folds, seed 0)
           dicoms: str = None, # DICOM folder: group folds by PatientID (no patient in two folds)
           workers: int = None, # processes reading DICOM headers
          ) -> pd.DataFrame:
-    "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given."
+    "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case."
     df = pipeline.split(_existing(labels, 'label CSV'), dest, _config(config) if config else None,
                         dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers)
     rates = df.groupby('fold').has_mask.mean()
@@ -141,7 +162,7 @@ def _relaunch(processes: int | None) -> None:
 
 @call_parse
 def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML file
-          cache: str, # PNG cache holding the config's sizes (`pneumokit prepare --config`)
+          cache: str, # PNG cache holding the config's sizes (`pneumokit prepare --config`); a volume config: a slice cache
           folds: str, # folds CSV (`pneumokit split`)
           run: str, # run folder: its config, a folder per fold (checkpoints, history, out-of-fold maps), the summary
           fold: int = None, # train only this fold (default: the config's `data.folds`, else all)
@@ -155,7 +176,7 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
     "Train a config's folds (frozen then unfrozen stages, top-k checkpoints, out-of-fold maps); resumable."
     cfg = _config(config)
     if distributed and not is_launched() and _n_processes(processes) > 1: return _relaunch(processes)
-    summary = pipeline.train(cfg, _existing(cache, 'PNG cache'), _existing(folds, 'folds file'), run, fold=fold,
+    summary = pipeline.train(cfg, _existing(cache, pipeline.data_kind(cfg).cache), _existing(folds, 'folds file'), run, fold=fold,
                              resume=resume, device=device, n_workers=workers, tensorboard=not no_tensorboard,
                              distributed=distributed)
     if is_main():
@@ -178,17 +199,32 @@ def search(run: str, # run folder (`pneumokit train`)
 # %% ../nbs/15_cli.ipynb #6e4a8c2b
 @call_parse
 def predict(run: str, # run folder (`pneumokit train`)
-            dicoms: str, # folder of test DICOMs
-            dest: str = None, # .npy for the uint8 maps (default: the run's test maps file; ids beside it)
+            dicoms: str, # folder of test DICOMs (a volume run: NIfTI scans; label files are not needed)
+            dest: str = None, # .npy for the uint8 maps (default: the run's test maps file; ids beside it); a volume run: a folder
             folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
             config: str = None, # TTA, size and batch size from this config instead of the run's
             device: str = None, # 'cpu', 'cuda' (default: CUDA when available)
            ) -> Path:
-    "Fold x top-k checkpoint ensemble with TTA on every DICOM, streamed to a uint8 memory-mapped .npy."
-    ids, path = pipeline.predict(_existing(run, 'run folder'), _existing(dicoms, 'DICOM folder'), dest,
+    "Fold x top-k checkpoint ensemble with TTA on every DICOM (a uint8 .npy) or, for a volume run, NIfTI scan (label volumes)."
+    ids, path = pipeline.predict(_existing(run, 'run folder'), _existing(dicoms, 'input folder'), dest,
                                  _config(config) if config else None, list(_ints(folds, '--folds')) if folds else None, device)
-    print(f"{len(ids)} probability maps -> {path}")
+    print(f"{len(ids)} predictions -> {path}")
     return path
+
+# %% ../nbs/15_cli.ipynb #5ff9ae35
+@call_parse
+def score(preds: str, # folder of predicted label volumes (`pneumokit predict` of a volume run)
+          volumes: str, # folder of the true label volumes (and scans), as given to `pneumokit slice`
+          dest: str = None, # CSV for the per-class, per-case table (default: the score table in `preds`)
+          codes: str = 'spine', # the class names: a `pneumokit.volumes.CODE_SETS` name
+          pattern: str = '*.nii*', # glob of the scans under `volumes`
+         ) -> pd.DataFrame:
+    "Score predicted label volumes in 3D: Dice, IoU, pixel accuracy, false positives and negatives per class and case."
+    tab = pipeline.score(_existing(preds, 'prediction folder'), _existing(volumes, 'volume folder'), dest, codes, pattern)
+    fg = tab[tab['class'] != tab['class'].iloc[0]]  # the background's Dice is ~1 and hides the rest
+    print(f"{tab.case.nunique()} cases: mean class Dice {fg.dice.mean():.4f}, IoU {fg.iou.mean():.4f} "
+          f"(background left out) -> {dest or VolumeDir(preds).scores}")
+    return tab
 
 # %% ../nbs/15_cli.ipynb #b4f6153e
 def _cli_rule(thresholds: str | None, top: float | None, area: int | None, bottom: float | None):
@@ -243,10 +279,11 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
                          fresh=fresh, n_workers=workers)
 
 # %% ../nbs/15_cli.ipynb #b202469e
-COMMANDS = dict(synth=synth, prepare=prepare, audit=audit, eda=eda, split=split, train=train, search=search,
-                predict=predict, submit=submit, configs=configs, demo=demo)
+COMMANDS = dict(synth=synth, prepare=prepare, slice=slice, audit=audit, eda=eda, split=split, train=train, search=search,
+                predict=predict, score=score, submit=submit, configs=configs, demo=demo)
 _POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
-                   train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'])
+                   train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'],
+                   slice=['volumes', 'cache'], score=['preds', 'volumes'])
 
 def _usage() -> str:
     lines = ['usage: pneumokit <command> [options]   (pneumokit <command> --help for its options)', '', 'commands:']

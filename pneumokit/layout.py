@@ -20,8 +20,8 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['read_json', 'SiimDir', 'CacheDir', 'SliceCacheDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids', 'maps_cls',
-           'read_maps']
+__all__ = ['read_json', 'SiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids',
+           'maps_cls', 'read_maps']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -139,6 +139,12 @@ class SliceCacheDir(_Owner):
         if not self.manifest.is_file(): raise FileNotFoundError(f"{self.manifest} not found: is {self.root} a slice cache (`slice_volumes`)?")
         return pd.read_csv(self.manifest, dtype={'case': str}), read_json(self.cases_file, f"is {self.root} a slice cache?")
 
+# %% ../nbs/00b_layout.ipynb #55732f3c
+class VolumeDir(_Owner):
+    "A folder of label volumes: `mask_<case>.nii.gz` per case, and their per-class per-case scores `scores.csv`."
+    scores = _file('scores.csv')
+    def mask(self, case: str) -> Path: return self.root/f'mask_{str(case).lower()}.nii.gz'
+
 # %% ../nbs/00b_layout.ipynb #1a0b0017
 _FOLD = re.compile(r'fold(\d+)')
 
@@ -204,6 +210,8 @@ class RunDir(_Owner):
     thresholds_table = _file('thresholds.csv')
     search_plot = _file('search.png')
     test_probs = _file('test_probs.npy')
+    test_volumes = _file('test_volumes')  # a volume run's predicted label volumes (a `VolumeDir`)
+    slicing = _file('slicing.json')  # how a volume run's scans were sliced (axis, size, codes): `predict` slices alike
     parallel = _file('parallel')  # fold-parallel runs: one log per fold
 
     def parallel_log(self, k: int) -> Path: return self.parallel/f'fold{int(k)}.log'

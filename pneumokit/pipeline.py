@@ -6,10 +6,10 @@ Docs: https://pneumokit.github.io/pneumokit/pipeline.html.md"""
 
 # %% ../nbs/14b_pipeline.ipynb #5002d76b
 from __future__ import annotations
-import shutil, time
+import shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,14 @@ from .rle import read_labels
 from .submission import make_submission
 from .synthetic import make_mini_siim
 from .train import train_kfold
+from .layout import SliceCacheDir, VolumeDir
+from .volumes import (case_folds, case_scores, find_volume_pairs, get_codes, predict_volumes, read_slice_cache,
+                               slice_volumes, unlabelled_cases)
 
 # %% auto #0
-__all__ = ['as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'SearchResult', 'search',
-           'predict', 'submit', 'oof_arrays', 'oof_gallery', 'submission_score', 'demo']
+__all__ = ['DATA_KINDS', 'as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'DataKind',
+           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'oof_arrays', 'oof_gallery',
+           'submission_score', 'demo', 'slice', 'score']
 
 # %% ../nbs/14b_pipeline.ipynb #629938e4
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -112,13 +116,76 @@ def split(labels: str | Path, # label CSV
           n_workers: int | None = None, # processes reading DICOM headers
           progress: bool = True, # progress bar
          ) -> pd.DataFrame:
-    "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`."
+    "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`; a slice cache (`slice`) is split by case."
     check_dest(dest, 'folds file')
+    if SliceCacheDir(labels).manifest.is_file(): return _split_cases(labels, dest, cfg)
     d = as_config(cfg).data if cfg is not None else None
     meta = dicom_metadata(dicoms, n_workers=n_workers, progress=progress) if dicoms is not None else None
     folds = make_folds(labels, n_splits=d.n_splits if d else 5, seed=d.seed if d else 0, meta=meta)
     save_folds(folds, dest)
     return folds
+
+# %% ../nbs/14b_pipeline.ipynb #db77f5aa
+@dataclass(frozen=True)
+class DataKind:
+    "What `train` and `predict` do for one kind of data."
+    cache: str  # what its cache is called in messages
+    check: Callable  # (cfg, cache) -> None: the cache can train the config (checked before anything is written)
+    folds: Callable  # (folds file) -> the folds table the fold trainer reads
+    started: Callable  # (run, cache) -> None: what a new or resumed run records beside its config
+    predict: Callable  # (models, inputs, dest, cfg, run, device) -> (one row per prediction, where they went)
+    thresholds: bool = True  # its predictions are probabilities that a threshold rule turns into masks (`search`, `submit`)
+
+def _png_check(cfg: Config, cache):
+    if missing := [s for s in cfg.sizes if s not in CacheDir(cache).sizes()]:
+        raise FileNotFoundError(f"{cache} has no images at size(s) {missing}: run `prepare` with this config first")
+
+def _png_predict(models, dicoms, dest, cfg: Config, run: RunDir, device):
+    return predict_dicoms(models, dicoms, size=cfg.predict_size, dest=dest or run.test_probs, tta=cfg.inference.tta,
+                          bs=cfg.inference.bs, device=device)
+
+# %% ../nbs/14b_pipeline.ipynb #47e90707
+def _slice_check(cfg: Config, cache):
+    "The slice cache's codes against the config's classes."
+    codes = SliceCacheDir(cache).read()[1]['codes']
+    if len(codes) != cfg.recipe.classes:
+        raise ValueError(f"{cfg.source or cfg.name}: `model.classes` is {cfg.recipe.classes} but the slice cache {cache} holds "
+                         f"labels of {len(codes)} classes ({', '.join(codes[:3])}, ...): the config must name one output per class")
+
+def _slice_folds(folds_file) -> pd.DataFrame:
+    "A folds CSV written by `split` from a slice cache: slices with a label and a fold per case."
+    f = pd.read_csv(folds_file, dtype={'case': str})
+    if missing := [c for c in ('case', 'image', 'label', 'fold') if c not in f.columns]:
+        raise ValueError(f"{folds_file}: no column(s) {missing}: is it a folds file of a slice cache (`split` on the cache)?")
+    if len(bad := f[f.label.isna()]): raise ValueError(f"{folds_file}: case {bad.case.iloc[0]} has no label volume: it cannot be trained on")
+    return f
+
+def _slice_started(run: RunDir, cache):
+    "Record how the scans were sliced (`predict` slices test scans alike); report the cases training cannot use."
+    meta = SliceCacheDir(cache).read()[1]
+    axis = meta.get('axis', next(iter(meta['cases'].values()), {}).get('axis', 2))
+    run.write_json(run.slicing, dict(axis=axis, size=meta.get('size'), codes=meta['codes']))
+    for c in unlabelled_cases(meta['cases']) if run.main else []:
+        print(f"finding: case {c}: no label volume for {Path(meta['cases'][c]['image']).name}: not trained on (it can be predicted)")
+
+def _predict_scans(models, scans, dest, cfg: Config, run: RunDir, device):
+    "Slice every NIfTI scan under `scans` like the training scans, predict, and write one label volume per case."
+    s, dest = read_json(run.slicing, 'a volume run records how its scans were sliced when `train` starts'), Path(dest or run.test_volumes)
+    check_dest(dest, 'prediction folder', folder=True)
+    pairs = find_volume_pairs(scans, _SCANS, require_labels=False).assign(label=None)  # label files present are not read
+    with tempfile.TemporaryDirectory() as t:
+        slice_volumes(pairs, t, axis=s['axis'], size=cfg.predict_size, codes=s['codes'])
+        return predict_volumes(models, t, dest, tta=cfg.inference.tta, bs=cfg.inference.bs, device=device), dest
+
+_SCANS = '*.nii*'  # every NIfTI file (`.nii.gz`, `.nii`) not named like a label file is a scan
+
+DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict),
+                  multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans, thresholds=False))
+
+def data_kind(cfg: Config, # a config
+             ) -> DataKind:
+    "The kind of data the config trains on, by its `model.mode`."
+    return DATA_KINDS[cfg.recipe.mode]
 
 # %% ../nbs/14b_pipeline.ipynb #7fcb6dbf
 def _train_folds(cfg: Config, folds: pd.DataFrame, folds_file: Path, fold: int | None) -> list[int]:
@@ -129,7 +196,7 @@ def _train_folds(cfg: Config, folds: pd.DataFrame, folds_file: Path, fold: int |
     return [int(k) for k in ids]
 
 def train(cfg: str | Path | Config, # config name, file or `Config`
-          cache: str | Path | CacheDir, # PNG cache (from `prepare`)
+          cache: str | Path | CacheDir, # PNG cache (from `prepare`); for a volume config, a slice cache (from `slice`)
           folds: str | Path, # folds CSV (from `split`)
           run: str | Path | RunDir, # run folder
           fold: int | None = None, # train only this fold (default: the config's `data.folds`, else all)
@@ -139,17 +206,17 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
           tensorboard: bool = True, # TensorBoard logs in each fold folder
           distributed: bool = False, # DDP across the processes `accelerate launch` started (`pneumokit train --distributed`)
          ) -> pd.DataFrame:
-    "Train the config's folds into `run`; returns the summary of every finished fold in the run."
-    cfg, run, cache, folds_file = as_config(cfg), RunDir(run), CacheDir(cache), Path(folds)
-    for p, what in ((cache.root, 'PNG cache'), (folds_file, 'folds file')):
+    "Train the config's folds into `run` (SIIM from a PNG cache, volumes from a slice cache); returns every finished fold's summary."
+    cfg, run, folds_file = as_config(cfg), RunDir(run), Path(folds)
+    kind = data_kind(cfg)
+    for p, what in ((Path(cache), kind.cache), (folds_file, 'folds file')):
         if not p.exists(): raise FileNotFoundError(f"{what} not found: {p}")
     get_device(device); check_dest(run.root, 'run folder', folder=True)  # before anything is written
-    if missing := [s for s in cfg.sizes if s not in cache.sizes()]:
-        raise FileNotFoundError(f"{cache.root} has no images at size(s) {missing}: run `prepare` with this config first")
-    ff = load_folds(folds_file)
+    kind.check(cfg, cache)
+    ff = kind.folds(folds_file)
     ids = _train_folds(cfg, ff, folds_file, fold)
     run.start(cfg.to_dict())
-    run.write_info(cache, folds_file)
+    run.write_info(cache, folds_file); kind.started(run, cache)
     train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, device=device, n_workers=n_workers,
                 tensorboard=tensorboard, distributed=distributed)
     _forget_stale_search(run)
@@ -174,6 +241,8 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
     "Score the config's threshold rule over its grid on the out-of-fold maps; save the table, the best rule and the plot."
     run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
+    if not data_kind(cfg).thresholds: raise ValueError(f"{run.root} predicts label maps (the argmax of its {cfg.recipe.mode} model): "
+                                                       "no threshold to search; `score` its predicted volumes")
     ids, maps = run.load_oof()
     size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
     cls = run.oof_cls(ids) if rule.needs_cls else None  # a classifier rule gates on the models' image-level head
@@ -188,8 +257,8 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
 
 # %% ../nbs/14b_pipeline.ipynb #ce544bc1
 def predict(run: str | Path | RunDir, # run folder (from `train`)
-            dicoms: str | Path, # folder of test DICOMs
-            dest: str | Path | None = None, # `.npy` for the maps (default: the run's test maps file)
+            dicoms: str | Path, # folder of test DICOMs (a volume run: of NIfTI scans, no label files needed)
+            dest: str | Path | None = None, # `.npy` for the maps (default: the run's test maps file; a volume run: a folder)
             cfg: str | Path | Config | None = None, # default: the run's config (TTA, size, batch size)
             folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
             device: str | None = None, # default: CUDA when available
@@ -199,8 +268,7 @@ def predict(run: str | Path | RunDir, # run folder (from `train`)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
     get_device(device)
     models = load_fold_models(run, folds, device)
-    return predict_dicoms(models, dicoms, size=cfg.predict_size, dest=dest or run.test_probs,
-                          tta=cfg.inference.tta, bs=cfg.inference.bs, device=device)
+    return data_kind(cfg).predict(models, dicoms, dest, cfg, run, device)
 
 def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved rule file (or its run folder), or a dict like it
             ) -> tuple[ThresholdRule, int | None]:
@@ -361,3 +429,59 @@ def demo(data: str | Path | None = None, # synthetic set folder (default: data/m
           + (f", submission vs test truth {test_score:.4f}" if test_score is not None else '') + f", {sum(tm.times.values()):.0f} s")
     print('\n'.join(f'  {k:38s} {v}' for k, v in files.items()))
     return report.root
+
+# %% ../nbs/14b_pipeline.ipynb #ae6948e8
+def slice(volumes: str | Path, # folder of NIfTI scans and label volumes (`mask_<scan>`; optional), flat or in sub-folders
+          cache: str | Path, # slice cache folder (see `pneumokit.layout.SliceCacheDir`)
+          cfg: str | Path | Config | None = None, # slice at this config's largest size; its `model.classes` must match `codes`
+          size: int | None = None, # or an explicit side of the square slices
+          axis: int = 2, # axis to slice along (2: MRSpineSeg's sagittal slices)
+          codes: str | Sequence[str] = 'spine', # a `pneumokit.volumes.CODE_SETS` name, or the class names
+          drop_empty_edges: bool = True, # leave out the label-free slices at both ends of a labelled scan
+          pattern: str = _SCANS, # glob of the scans (files named like a label volume are never scans)
+          n_workers: int = 0, # processes (0: in this one)
+          progress: bool = True, # progress bar
+         ) -> pd.DataFrame:
+    "Cut NIfTI scans (label volumes optional) into a slice cache: one row per slice; scans without labels are there to predict."
+    codes = get_codes(codes)
+    if cfg is not None:
+        cfg = as_config(cfg)
+        if cfg.recipe.classes != len(codes): raise ValueError(
+            f"{cfg.source or cfg.name}: `model.classes` is {cfg.recipe.classes} but the codes name {len(codes)} classes")
+        size = size or max(cfg.sizes)
+    if size is None: raise ValueError("slice needs a config (its size) or an explicit size")
+    check_dest(cache, 'slice cache', folder=True)
+    pairs = find_volume_pairs(volumes, pattern, require_labels=False)
+    return slice_volumes(pairs, cache, axis=axis, size=size, drop_empty_edges=drop_empty_edges, codes=codes,
+                         n_workers=n_workers, progress=progress)
+
+def _split_cases(cache: str | Path, dest: str | Path, cfg) -> pd.DataFrame:
+    "`split` of a slice cache: the labelled cases dealt into the config's folds, every slice of a case in one fold."
+    d = as_config(cfg).data if cfg is not None else None
+    slices, meta = read_slice_cache(cache)
+    unlabelled = unlabelled_cases(meta)
+    labelled = slices[~slices.case.isin(unlabelled)]
+    if labelled.case.nunique() < 2: raise ValueError(f"{cache}: {labelled.case.nunique()} case(s) with a label volume; "
+                                                     f"folds by case need at least 2 ({len(unlabelled)} scan(s) without labels)")
+    folds = case_folds(labelled, n_splits=d.n_splits if d else 5, seed=d.seed if d else 0)
+    write_bytes_atomic(dest, folds.to_csv(index=False).encode())
+    return folds
+
+# %% ../nbs/14b_pipeline.ipynb #5dd8274b
+def score(preds: str | Path, # folder of predicted label volumes (`predict` of a volume run)
+          volumes: str | Path, # folder of the true label volumes (and their scans), as given to `slice`
+          dest: str | Path | None = None, # CSV for the table (default: `VolumeDir(preds).scores`)
+          codes: str | Sequence[str] = 'spine', # a `pneumokit.volumes.CODE_SETS` name, or the class names
+          pattern: str = _SCANS, # glob of the scans under `volumes`
+         ) -> pd.DataFrame:
+    "Per case and class: 3D Dice, IoU, pixel accuracy, TP/FP/FN voxels of the predictions (classes in neither left out), as CSV."
+    pred, codes = VolumeDir(preds), get_codes(codes)
+    dest = Path(dest) if dest else pred.scores
+    check_dest(dest, 'scores table')
+    truth = find_volume_pairs(volumes, pattern, require_labels=False).dropna(subset=['label'])
+    if not len(truth): raise FileNotFoundError(f"no label volumes under {volumes}: nothing to score against")
+    if missing := [c for c in truth.case if not pred.mask(c).is_file()]:
+        raise FileNotFoundError(f"case {missing[0]}: no predicted volume {pred.mask(missing[0])} ({len(missing)} labelled case(s) without one)")
+    table = case_scores(truth.assign(path=[str(pred.mask(c)) for c in truth.case]), truth, codes)
+    write_bytes_atomic(dest, table.to_csv(index=False).encode())
+    return table

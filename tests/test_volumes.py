@@ -1,5 +1,6 @@
 """The volumes workflow through its public entry points, as an outside user calls them: synthetic spine → slice cache →
-reassembled NIfTI volumes, exact for every axis and size; slicing in worker processes; splits by case; per-class metrics by hand."""
+reassembled NIfTI volumes, exact for every axis and size; scans without labels; slicing in worker processes; splits by case;
+per-class metrics and the per-case score table by hand."""
 import inspect
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pneumokit.metrics import per_class_scores
-from pneumokit.volumes import (SPINE_CODES, case_folds, find_volume_pairs, make_synthetic_spine, read_slice_cache,
-                               read_volume_pair, reassemble, slice_volumes, split_cases, write_nifti)
+from pneumokit.volumes import (SPINE_CODES, case_folds, case_scores, find_volume_pairs, make_synthetic_spine, read_slice_cache,
+                               read_volume_pair, reassemble, slice_volumes, split_cases, unlabelled_cases, write_nifti)
 
 
 @pytest.fixture(scope='module')
@@ -116,3 +117,28 @@ def test_splits_keep_cases_whole(spine, tmp_path):
     assert sorted(case_folds(slices, n_splits=3, seed=2).groupby('case').fold.first()) == [0, 1, 2]
     assert (split_cases(slices, valid_cases=['Case2']).groupby('case').fold.first() == [1, 0, 1]).all()
     with pytest.raises(ValueError, match='more than the 3 cases'): case_folds(slices, n_splits=4)
+
+
+def test_scans_without_labels_are_cached_and_reassembled(spine, tmp_path):
+    "An unlabelled scan keeps every slice (no label PNG) and reassembles to its own shape and affine."
+    pairs = find_volume_pairs(spine).assign(label=None)
+    slices = slice_volumes(pairs.iloc[:1], tmp_path, size=64, drop_empty_edges=True)
+    _, meta = read_slice_cache(tmp_path)
+    assert len(slices) == nib.load(pairs.image[0]).shape[2] and slices.label.isna().all()
+    assert unlabelled_cases(meta) == ['Case1'] and not (tmp_path/'labels').exists()
+    vol = reassemble(np.zeros((len(slices), 64, 64), np.uint8), meta['Case1'])
+    assert vol.shape == nib.load(pairs.image[0]).shape and np.allclose(vol.affine, nib.load(pairs.image[0]).affine)
+
+
+def test_case_scores_by_hand(tmp_path):
+    "Per case and class in either volume: Dice, IoU, pixel accuracy, TP/FP/FN; a class in neither is left out."
+    t = np.zeros((2, 2, 2), np.uint8); t[0] = 1
+    p = t.copy(); p[0, 0, 0] = 2
+    truth = write_nifti(nib.Nifti1Image(t, np.eye(4)), tmp_path/'mask_case1.nii.gz')
+    pred = write_nifti(nib.Nifti1Image(p, np.eye(4)), tmp_path/'pred'/'mask_case1.nii.gz')
+    tab = case_scores(pd.DataFrame(dict(case=['Case1'], path=[str(pred)])), pd.DataFrame(dict(case=['Case1'], label=[str(truth)])),
+                      ['bg', 'a', 'b', 'c']).set_index('class')
+    assert tab.index.tolist() == ['bg', 'a', 'b']  # 'c' is in neither volume
+    assert tab.loc['a', ['tp', 'fp', 'fn']].tolist() == [3, 0, 1]
+    assert np.isclose(tab.loc['a', 'dice'], 6 / 7) and np.isclose(tab.loc['a', 'iou'], 3 / 4) and np.isclose(tab.loc['a', 'pixel_acc'], 3 / 4)
+    assert tab.loc['b', ['dice', 'fp', 'fn']].tolist() == [0.0, 1, 0] and np.isnan(tab.loc['b', 'pixel_acc'])
