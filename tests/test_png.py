@@ -11,14 +11,12 @@ import pandas as pd
 import pytest
 from fastcore.script import CliError
 
-from conftest import run_cli
 from pneumokit.cli import run_command
 from pneumokit.dicom import image_id_of, list_dicoms, read_dicom
 from pneumokit.layout import CacheDir
 from pneumokit.rle import group_labels, masks_from_rles, read_labels, rle_decode
 from pneumokit.submission import validate_submission
 
-ENV = {'OMP_NUM_THREADS': '1'}
 CONFIG = '''base: fastai-baseline.cpu-smoke
 stages:
   - {size: 64, epochs: 1, bs: 8, lr: 1.0e-2, frozen: true, loss: bce, aug: none}
@@ -88,21 +86,22 @@ def plain(root: Path, imgs: dict, labels: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ the smoke recipe
 
-def test_smoke_recipe_from_a_png_set_to_a_validated_submission(mini, tmp_path):
+def test_smoke_recipe_from_a_png_set_to_a_validated_submission(mini, tmp_path, capsys):
+    "Every step through the `pneumokit` command line (in this process: `run_command` parses exactly as the console script)."
     d, imgs, masks, tests = mini
     src = by_id(tmp_path/'siim-png', imgs, masks, tests)
     (cfg := tmp_path/'tiny.yaml').write_text(CONFIG)
-    out = run_cli('prepare', src, tmp_path/'cache', '--config', cfg, '--workers', 0, env=ENV).stdout
-    assert 'by-id layout' in out and '32 written' in out
+    man = run('prepare', src, tmp_path/'cache', '--config', cfg, '--workers', 0)
+    assert 'by-id layout' in capsys.readouterr().out and man.status.tolist() == ['written'] * 32
     assert CacheDir(tmp_path/'cache').sizes() == [64] and (tmp_path/'cache'/'labels.csv').is_file()
-    assert '0 finding' in run_cli('audit', src, '--workers', 0).stdout
-    res = run_cli('split', src, tmp_path/'folds.csv', '--config', cfg, env=ENV)
-    assert '32 images in 2 folds' in res.stdout and 'not grouped by patient' in res.stderr
-    run_cli('train', cfg, tmp_path/'cache', tmp_path/'folds.csv', tmp_path/'run', '--no-tensorboard', '--workers', 0, env=ENV)
-    run_cli('search', tmp_path/'run', env=ENV)
-    assert '4 probability maps' in run_cli('predict', tmp_path/'run', src, env=ENV).stdout
-    run_cli('submit', tmp_path/'run'/'test_probs.npy', tmp_path/'sub.csv', '--thresholds', tmp_path/'run',
-            '--sample', d/'mini'/'sample_submission.csv', env=ENV)
+    assert len(run('audit', src, '--workers', 0)) == 0
+    with pytest.warns(UserWarning, match='not grouped by patient'): folds = run('split', src, tmp_path/'folds.csv', '--config', cfg)
+    assert sorted(folds.fold.unique()) == [0, 1] and len(folds) == 32
+    run('train', cfg, tmp_path/'cache', tmp_path/'folds.csv', tmp_path/'run', '--no-tensorboard', '--workers', 0, '--device', 'cpu')
+    run('search', tmp_path/'run')
+    assert len(np.load(run('predict', tmp_path/'run', src, '--device', 'cpu'))) == 4
+    run('submit', tmp_path/'run'/'test_probs.npy', tmp_path/'sub.csv', '--thresholds', tmp_path/'run',
+        '--sample', d/'mini'/'sample_submission.csv')
     sub = validate_submission(tmp_path/'sub.csv', d/'mini'/'sample_submission.csv')
     assert sorted(sub.ImageId) == sorted(tests)
 
