@@ -95,6 +95,8 @@ def test_smoke_recipe_from_a_png_set_to_a_validated_submission(mini, tmp_path, c
     assert 'by-id layout' in capsys.readouterr().out and man.status.tolist() == ['written'] * 32
     assert CacheDir(tmp_path/'cache').sizes() == [64] and (tmp_path/'cache'/'labels.csv').is_file()
     assert len(run('audit', src, '--workers', 0)) == 0
+    with pytest.warns(UserWarning, match='no demographics figure'): figs = run('eda', src, '--dest', tmp_path/'eda')
+    assert [Path(f).name for f in figs] == ['label_summary.png', 'mask_areas.png', 'mask_heatmap.png', 'overlays.png']
     with pytest.warns(UserWarning, match='not grouped by patient'): folds = run('split', src, tmp_path/'folds.csv', '--config', cfg)
     assert sorted(folds.fold.unique()) == [0, 1] and len(folds) == 32
     run('train', cfg, tmp_path/'cache', tmp_path/'folds.csv', tmp_path/'run', '--no-tensorboard', '--workers', 0, '--device', 'cpu')
