@@ -72,10 +72,10 @@ def synth(dest: str = None, # output folder (default: data/mini-siim)
 
 # %% ../nbs/15_cli.ipynb #c746da2b
 @call_parse
-def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat)
+def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat), or a PNG/JPG set (id-map, by-id or plain layout)
             cache: str, # cache folder (see `pneumokit.layout.CacheDir`)
             config: str = None, # cache the sizes this config trains and predicts at
-            labels: str = None, # label CSV (train-rle.csv); masks are written only when given
+            labels: str = None, # label CSV (train-rle.csv); masks are written only when given (a PNG set's masks are its labels)
             sizes: str = None, # or comma-separated sizes, e.g. '256,512,1024'
             workers: int = None, # worker processes (default: all cores)
             force: bool = False, # rebuild every image (else only new ones and those whose labels changed)
@@ -110,36 +110,36 @@ def slice(volumes: str, # folder of NIfTI scans and their label volumes (`mask_<
 
 # %% ../nbs/15_cli.ipynb #6daa35f8
 @call_parse
-def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz])
-          dicoms: str, # DICOM folder
+def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz]), or a PNG/JPG set alone (its masks are its labels)
+          dicoms: str = None, # DICOM folder or PNG/JPG set
           out: str = None, # write the findings as CSV here
           expected_size: int = 1024, # image side every DICOM should have
           workers: int = None, # worker processes (default: all cores)
           show: int = 10, # findings listed (file, id, reason); all of them are in --out
          ) -> pd.DataFrame:
     "Check labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files."
-    res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), out, expected_size=expected_size,
+    res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None, out, expected_size=expected_size,
                          n_workers=workers)
     print(f"audit: {len(res)} finding(s)" + (f"\n{describe_findings(res, check_int('--show', show, 0))}" if len(res) else ''))
     return res
 
 # %% ../nbs/15_cli.ipynb #29e9d442
 @call_parse
-def eda(labels: str, # label CSV
-        dicoms: str, # DICOM folder (for demographics and overlays)
+def eda(labels: str, # label CSV, or a PNG/JPG set alone (its masks are its labels)
+        dicoms: str = None, # DICOM folder (for demographics and overlays) or PNG/JPG set (no demographics)
         dest: str = 'reports/eda', # folder for the figures
        ) -> list[Path]:
     "Write the standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG."
-    figs = pipeline.eda(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder'), dest)
+    figs = pipeline.eda(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None, dest)
     print(f"{len(figs)} figures in {dest}")
     return figs
 
 # %% ../nbs/15_cli.ipynb #437b5230
 @call_parse
-def split(labels: str, # label CSV (train-rle.csv), or a slice cache (`pneumokit slice`): folds by case
+def split(labels: str, # label CSV (train-rle.csv), a PNG/JPG set (its masks are its labels; no patients: ungrouped), or a slice cache (`pneumokit slice`): folds by case
           dest: str = 'folds.csv', # folds CSV to write
           config: str = None, # take `data.n_splits` and `data.seed` from this config (default: 5 folds, seed 0)
-          dicoms: str = None, # DICOM folder: group folds by PatientID (no patient in two folds)
+          dicoms: str = None, # DICOM folder: group folds by PatientID (no patient in two folds); a PNG/JPG set has none
           workers: int = None, # processes reading DICOM headers
          ) -> pd.DataFrame:
     "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case."
@@ -199,7 +199,7 @@ def search(run: str, # run folder (`pneumokit train`)
 # %% ../nbs/15_cli.ipynb #6e4a8c2b
 @call_parse
 def predict(run: str, # run folder (`pneumokit train`)
-            dicoms: str, # folder of test DICOMs (a volume run: NIfTI scans; label files are not needed)
+            dicoms: str, # folder of test DICOMs, or a PNG/JPG set (its test images); a volume run: NIfTI scans (label files are not needed)
             dest: str = None, # .npy for the uint8 maps (default: the run's test maps file; ids beside it); a volume run: a folder
             folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
             config: str = None, # TTA, size and batch size from this config instead of the run's

@@ -7,8 +7,9 @@ Docs: https://pneumokit.github.io/pneumokit/dicom.html.md"""
 # %% ../nbs/02_dicom.ipynb #ef7806d8
 from __future__ import annotations
 import hashlib, io, re, warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,8 +29,8 @@ from .layout import CacheDir
 from .rle import check_labels, group_labels, masks_from_rles, read_labels
 
 # %% auto #0
-__all__ = ['DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'image_shapes', 'rles_by_id',
-           'build_cache']
+__all__ = ['DICOM_READER', 'DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'image_shapes',
+           'rles_by_id', 'ImageReader', 'build_cache']
 
 # %% ../nbs/02_dicom.ipynb #6a66b2d3
 class DicomError(ValueError):
@@ -303,6 +304,19 @@ def _header_or_error(path: Path) -> tuple[str | None, tuple[int, int] | None, st
         return image_id_of(ds), shape, ''
     except Exception as e: return None, None, _err(e)
 
+def _dicom_pixels(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    "The pixels of one DICOM (reduced JPEG scale when `size` allows) and (Rows, Columns), the shape its RLE is decoded at."
+    ds = _dcmread(Path(path))
+    return _decode(ds, path, size), (int(ds.Rows), int(ds.Columns))
+
+class ImageReader(NamedTuple):
+    "How `build_cache` reads one kind of image file: its id and label shape first (a cheap pass), then its pixels."
+    head: Callable  # path → (ImageId or None, the (H, W) its labels' RLE is decoded at or None, '' or why it failed)
+    pixels: Callable  # (path, largest size) → (uint8 (H, W) grey image, the (H, W) its labels' RLE is decoded at)
+    kind: str = 'DICOM'  # what the files are called in messages
+
+DICOM_READER = ImageReader(_header_or_error, _dicom_pixels, 'DICOM')
+
 def _labels_hash(rles: dict, image_id: str) -> str:
     "What built an image's mask: a hash of its sorted RLE strings ('-1' images: of none), or 'unlabelled'."
     if image_id not in rles: return _UNLABELLED
@@ -344,13 +358,12 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     "0/1 mask → 0/255 at `size`: area-average, then keep pixels at least half covered."
     return np.where(_resize(mask * np.uint8(255), size) >= 128, 255, 0).astype(np.uint8)
 
-def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...]) -> str:
-    "Decode one DICOM once and write its PNGs at every size (removing a mask it no longer has); '' or the error (never raises)."
+def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...], reader: ImageReader = DICOM_READER) -> str:
+    "Decode one image file once and write its PNGs at every size (removing a mask it no longer has); '' or the error (never raises)."
     path, image_id, rles, unlabelled = item
     try:
-        ds = _dcmread(Path(path))
-        img = _decode(ds, path, sizes[0])  # sizes[0] is the largest
-        mask = None if rles is None else masks_from_rles(rles, shape=(ds.Rows, ds.Columns), image_id=image_id)
+        img, shape = reader.pixels(Path(path), sizes[0])  # sizes[0] is the largest
+        mask = None if rles is None else masks_from_rles(rles, shape=shape, image_id=image_id)
         for s in sizes:
             _write_png(dest.image(s, image_id), _resize(img, s))
             if mask is not None: _write_png(dest.mask(s, image_id), _resize_mask(mask, s))
@@ -359,23 +372,24 @@ def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...]) -> str:
     except Exception as e: return _err(e)
 
 # %% ../nbs/02_dicom.ipynb #adb2c161
-def _finish(man: pd.DataFrame, dest: CacheDir) -> pd.DataFrame:
+def _finish(man: pd.DataFrame, dest: CacheDir, kind: str = 'DICOM') -> pd.DataFrame:
     "Write the manifest atomically and warn, in one line, when anything failed."
     with atomic_write(dest.manifest, 'w', newline='') as f: man.to_csv(f, index=False)
     failed = man[man.status == 'failed']
     if len(failed):
         eg = '; '.join(f"{Path(p).name}: {e[:200]}" for p, e in zip(failed.path.iloc[:3], failed.error.iloc[:3]))
-        warnings.warn(f"build_cache: {len(failed)} of {len(man)} DICOMs failed ({eg}{'; …' if len(failed) > 3 else ''}); "
+        warnings.warn(f"build_cache: {len(failed)} of {len(man)} {kind}s failed ({eg}{'; …' if len(failed) > 3 else ''}); "
                       f"all are listed in {dest.manifest}")
     return man
 
-def _check_matches(heads: list[tuple], rles: dict | None, labels, src):
-    "A `ValueError` when labels are given and not one readable DICOM has a row in them."
+def _check_matches(heads: list[tuple], rles: dict | None, labels, src, kind: str = 'DICOM'):
+    "A `ValueError` when labels are given and not one readable image file has a row in them."
     ids = [iid for iid, _, err in heads if not err]
     if rles is None or not ids or any(i in rles for i in ids): return
     name = labels if isinstance(labels, (str, Path)) else 'the labels DataFrame'
-    raise ValueError(f"None of the {len(ids)} DICOM(s) in {src} has a row in {name} ({len(rles)} ImageIds, e.g. "
-                     f"{next(iter(rles))!r}; the DICOMs' are like {ids[0]!r}): are these the labels of these images?")
+    where = src if isinstance(src, (str, Path)) else 'the given files'
+    raise ValueError(f"None of the {len(ids)} {kind}(s) in {where} has a row in {name} ({len(rles)} ImageIds, e.g. "
+                     f"{next(iter(rles))!r}; the {kind}s' are like {ids[0]!r}): are these the labels of these images?")
 
 def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched at any depth), or DICOM files
                 dest: str | Path | CacheDir, # cache folder (see `pneumokit.layout.CacheDir`)
@@ -384,19 +398,21 @@ def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched
                 n_workers: int | None = None, # worker processes; default: the CPU cores available, 0: serial
                 progress: bool = True, # show progress bars
                 force: bool = False, # rebuild every image, even those cached from the same labels
+                reader: ImageReader = DICOM_READER, # how the files are read (`pneumokit.png` has the PNG/JPG one)
                ) -> pd.DataFrame:
-    "Decode each DICOM once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
-    sizes, dest, paths, force = _check_sizes(sizes), CacheDir(dest), _as_paths(src), check_bool('force', force)
-    if not paths: raise ValueError("`src` holds no DICOM files: nothing to cache")
+    "Decode each image file once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
+    sizes, dest, force = _check_sizes(sizes), CacheDir(dest), check_bool('force', force)
+    paths = _as_paths(src) if reader is DICOM_READER else [Path(p) for p in src]
+    if not paths: raise ValueError(f"`src` holds no {reader.kind} files: nothing to cache")
     rows = None if labels is None else _label_rows(labels)
-    heads = _run(_header_or_error, paths, n_workers, progress)
+    heads = _run(reader.head, paths, n_workers, progress)
     rles = None if rows is None else rles_by_id(rows, {iid: hw for iid, hw, err in heads if not err and hw})
-    _check_matches(heads, rles, labels, src)
+    _check_matches(heads, rles, labels, src, reader.kind)
     man = _plan(paths, heads, dest, sizes, rles, force)
     todo = man.index[man.status == 'todo']
     items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i]),
               rles is not None and man.ImageId[i] not in rles) for i in todo]
-    errs = _run(_cache_one, items, n_workers, progress, dest=dest, sizes=sizes)
+    errs = _run(_cache_one, items, n_workers, progress, dest=dest, sizes=sizes, reader=reader)
     if len(todo): man.loc[todo, 'error'], man.loc[todo, 'status'] = errs, ['failed' if e else 'written' for e in errs]
     man.loc[man.status == 'failed', 'labels_hash'] = ''  # half-written: rebuilt next time
-    return _finish(man, dest)
+    return _finish(man, dest, reader.kind)

@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/eda.html.md"""
 
 # %% ../nbs/04_eda.ipynb #f270d312
 from __future__ import annotations
-import io
+import io, warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 
 from .core import SIIM_SIZE, check_int, default_workers, write_bytes_atomic
 from .dicom import dicom_metadata, image_id_of, list_dicoms, read_dicom
+from .layout import PngSiimDir
+from .png import PNG_CHECKS, PngSet, image_size, png_findings, png_labels, png_set, read_image
 from .rle import group_labels, label_problems, masks_from_rles, read_labels, rle_decode
 
 # %% auto #0
@@ -200,6 +202,10 @@ def _paths_for(ids: list[str], src) -> dict[str, Path]:
 # %% ../nbs/04_eda.ipynb #93bd0ce1
 def _image_and_mask(path: Path, rles: tuple, size: int, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     "The image and the union of its masks, both at `size`x`size` (the image decoded at reduced scale when it can be)."
+    if Path(path).suffix.lower() in PngSiimDir.suffixes:  # a PNG/JPG: its labels are at SIIM's 1024², whatever its size
+        mask = masks_from_rles(rles, shape=(SIIM_SIZE, SIIM_SIZE), image_id=image_id)
+        img = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
+        return img, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     ds = pydicom.dcmread(path, stop_before_pixels=True)  # the mask needs the stored size
     mask = masks_from_rles(rles, shape=(ds.Rows, ds.Columns), image_id=image_id)
     return read_dicom(path, size=size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
@@ -253,6 +259,8 @@ def _overlay_ids(demo: pd.DataFrame, n: int) -> list[str]:
     return ids + neg[:n - len(ids)]
 
 # %% ../nbs/04_eda.ipynb #27c344a2
+_DEMOGRAPHICS = {'PatientAge', 'PatientSex', 'ViewPosition'}
+
 def save_eda_figures(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, EncodedPixels)
                      dicom_folder_or_meta, # DICOM folder, paths or `dicom_metadata` output; None: label figures only
                      dest: str | Path, # folder for the PNG files
@@ -273,7 +281,10 @@ def save_eda_figures(labels: str | Path | pd.DataFrame, # label CSV or DataFrame
         where = dicom_folder_or_meta if isinstance(dicom_folder_or_meta, (str, Path)) else 'the given DICOMs'
         raise ValueError(f"None of the {len(meta)} DICOM(s) in {where} has a row in the labels "
                          f"{labels if isinstance(labels, (str, Path)) else ''}: are these the labels of these images?")
-    if demo is not None and len(demo): figs['demographics'] = plot_demographics(demo)
+    if demo is not None and len(demo) and (gone := _DEMOGRAPHICS - set(meta.columns)):
+        warnings.warn(f"EDA: no demographics figure: the images carry no {', '.join(sorted(gone))} (PNG/JPG sets have none, "
+                      "only DICOM headers do)")
+    elif demo is not None and len(demo): figs['demographics'] = plot_demographics(demo)
     if demo is not None and (ids := _overlay_ids(demo, n_overlays)): figs['overlays'] = show_overlays(ids, meta, df)
     return [_save_png(f, Path(dest)/f'{k}.png', dpi) for k, f in figs.items()]
 
@@ -288,6 +299,7 @@ AUDIT_CHECKS = {
     'unreadable-dicom': 'a file whose header or pixels cannot be read (reason: the error)',
     'unexpected-size': 'a DICOM whose Rows x Columns is not expected_size x expected_size',
     'duplicate-dicom': 'two or more files with the same ImageId (one row per file)',
+    **PNG_CHECKS,  # a PNG/JPG set's masks and images (`pneumokit.png`)
 }
 _AUDIT_COLS = ['check', 'ImageId', 'file', 'reason']
 
@@ -349,24 +361,48 @@ def _match_findings(df: pd.DataFrame, files: pd.DataFrame, src: str, folder: Pat
     return out
 
 # %% ../nbs/04_eda.ipynb #1e3cd388
-def audit(labels: str | Path | pd.DataFrame, # label CSV or DataFrame (ImageId, EncodedPixels)
-          dicom_folder: str | Path, # folder searched recursively for *.dcm
+def _png_files(s: PngSet, n_workers: int | None, progress: bool) -> pd.DataFrame:
+    "The audit's file table of a PNG set's training images: ids from the layout; unreadable ones are `png_findings`'."
+    imgs = s.images('train')
+    n = min(default_workers() if n_workers is None else n_workers, len(imgs))
+    ok = [bool(v) for v in parallel(_readable, list(imgs.values()), n_workers=n, progress=progress)] if imgs else []
+    return pd.DataFrame(dict(file=list(map(str, imgs.values())), ImageId=list(imgs), header=ok, Rows=0, Columns=0, error=None))
+
+def _readable(p: Path) -> bool:
+    try: return bool(image_size(p))
+    except Exception: return False
+
+def _png_audit(labels, s: PngSet, n_workers: int | None, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], str]:
+    "Labels (from the masks when none are given), file table and findings of a PNG set; sizes are free, RLE is at 1024²."
+    df = png_labels(s, None, n_workers, False, strict=False) if labels is None else labels
+    src = '' if isinstance(labels, pd.DataFrame) else str(labels if labels is not None else s.root)
+    return df, _png_files(s, n_workers, progress), png_findings(s, n_workers).to_dict('records'), src
+
+def audit(labels: str | Path | pd.DataFrame | None, # label CSV or DataFrame (ImageId, EncodedPixels); None: a PNG set's masks
+          dicom_folder: str | Path, # folder searched recursively for *.dcm, or a PNG/JPG set (`pneumokit.png`)
           expected_size: int | None = SIIM_SIZE, # side every image should have; None: don't check sizes
           n_workers: int | None = None, # processes reading DICOMs (default: all cores; 0: in this process)
           progress: bool = True, # progress bar while reading DICOMs
          ) -> pd.DataFrame:
-    "Problems between labels and DICOMs, one row per finding: `check`, `ImageId`, `file`, `reason` (empty when clean)."
+    "Problems between labels and DICOMs (or a PNG set), one row per finding: `check`, `ImageId`, `file`, `reason` (empty when clean)."
     folder = Path(dicom_folder)
     if not folder.is_dir(): raise FileNotFoundError(f"DICOM folder {folder} not found")
-    src = '' if isinstance(labels, pd.DataFrame) else str(labels)
-    df = _as_labels(labels, allow_blank=True)  # blank cells become findings
-    paths = list_dicoms(folder)
-    n = min(default_workers() if n_workers is None else n_workers, len(paths))
-    rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
-    files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error']).astype({'header': bool})
-    shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
+    if (s := png_set(folder)) is not None:  # a PNG/JPG set: any image size, labels at 1024²
+        df, files, extra, src = _png_audit(labels, s, n_workers, progress)
+        df, shapes, expected_size = _as_labels(df, allow_blank=True), {}, None
+    else:
+        if labels is None: raise ValueError(f"{folder} is not a PNG/JPG set with masks: give the label CSV to audit")
+        src, extra = '' if isinstance(labels, pd.DataFrame) else str(labels), []
+        df = _as_labels(labels, allow_blank=True)  # blank cells become findings
+        paths = list_dicoms(folder)
+        n = min(default_workers() if n_workers is None else n_workers, len(paths))
+        rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
+        files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error']).astype({'header': bool})
+        shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
     found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _row_findings(df, src, shapes)
-             + _file_findings(files, expected_size))
+             + _file_findings(files, expected_size) + extra)
+    said = {f['ImageId'] for f in extra}  # an image whose mask has a finding is not also reported as unlabelled
+    found = [f for f in found if not (f['check'] == 'unlabelled-dicom' and f['ImageId'] in said)]
     out = pd.DataFrame(found, columns=_AUDIT_COLS)
     return out.sort_values('check', key=lambda c: c.map(list(AUDIT_CHECKS).index), kind='stable').reset_index(drop=True)
 

@@ -6,7 +6,7 @@ Docs: https://pneumokit.github.io/pneumokit/folds.html.md"""
 
 # %% ../nbs/05_folds.ipynb #ee990a12
 from __future__ import annotations
-import os
+import os, warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +42,11 @@ def _check_splits(n_splits: int, table: pd.DataFrame, strata: pd.Series):
         raise ValueError(f"n_splits={n_splits} is too many: {len(table)} images, smallest stratum has {smallest}; "
                          f"use fewer splits or fewer area bins")
 
-def _meta_where(meta: pd.DataFrame) -> str:
-    "Where `meta`'s rows came from: the folder holding its DICOM paths, else the table itself."
+def _meta_where(meta: pd.DataFrame, what: str = 'DICOM header(s)') -> str:
+    "Where `meta`'s rows came from: the folder holding its paths, else the table itself."
     paths = meta['path'].dropna().astype(str).tolist() if 'path' in meta.columns else []
     if not paths: return f"`meta` ({len(meta)} rows)"
-    return f"the {len(meta)} DICOM header(s) under {os.path.commonpath([str(Path(p).parent) for p in paths])}"
+    return f"the {len(meta)} {what} under {os.path.commonpath([str(Path(p).parent) for p in paths])}"
 
 def _patients(table: pd.DataFrame, meta: pd.DataFrame) -> pd.Series:
     "PatientID per row of `table`; every image must be in `meta`, with a PatientID."
@@ -71,6 +71,13 @@ def _checked_table(labels: pd.DataFrame | str | Path, meta: pd.DataFrame | None)
     big = (max([h for h, _ in shapes.values()] + [1024]), max([w for _, w in shapes.values()] + [1024]))
     return image_table(labels, shape=big)[['ImageId', 'has_mask', 'area']].reset_index(drop=True)  # areas: any shape that holds them
 
+def _grouping(meta: pd.DataFrame | None) -> pd.DataFrame | None:
+    "`meta` when it has a PatientID column; else `None`, with a warning that the folds are not grouped by patient."
+    if meta is None or 'PatientID' in meta.columns: return meta
+    warnings.warn(f"folds: {_meta_where(meta, 'images')} carry no PatientID (PNG/JPG sets have none, "
+                  "only DICOM headers do): the folds are stratified but not grouped by patient")
+    return None
+
 def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a label CSV path
                n_splits: int = 5, # number of folds
                seed: int = 0, # shuffling seed: same seed, same folds
@@ -79,6 +86,7 @@ def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a 
               ) -> pd.DataFrame:
     "One row per image: ImageId, fold, has_mask, area, area_bin (and PatientID with `meta`); every label row checked first."
     table = _checked_table(labels, meta)
+    meta = _grouping(meta)
     if meta is not None: table['PatientID'] = _patients(table, meta)
     strata = area_strata(table, n_bins)
     _check_splits(n_splits, table, strata)

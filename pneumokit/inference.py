@@ -7,7 +7,7 @@ Docs: https://pneumokit.github.io/pneumokit/inference.html.md"""
 # %% ../nbs/11_inference.ipynb #081b8b04
 from __future__ import annotations
 import contextlib, errno, mmap, os, warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from .core import atomic_write, check_dest, check_int, get_device, write_bytes_a
 from .data import imagenet_stats
 from .dicom import image_id_of, list_dicoms, read_dicom
 from .layout import RunDir, maps_cls, maps_ids
+from .png import read_image
 from .models import _check_models, ensemble_outputs, mean_probs
 from .train import Recipe, load_checkpoints
 
@@ -104,14 +105,16 @@ def normalise(imgs: torch.Tensor, # uint8 grey batch (N, H, W)
 
 # %% ../nbs/11_inference.ipynb #c2e4d8f7
 class DicomDataset(Dataset):
-    "DICOM files as (uint8 (size, size) image tensor, ImageId) items."
-    def __init__(self, paths: Sequence[str | Path], # DICOM files
-                 size: int): # side the images are read at
-        self.paths, self.size = [Path(p) for p in paths], size
+    "DICOM files (or PNG/JPG images with their ids) as (uint8 (size, size) image tensor, ImageId) items."
+    def __init__(self, paths: Sequence[str | Path], # DICOM files, or images read by `read`
+                 size: int, # side the images are read at
+                 ids: Sequence[str] | None = None, # the files' ImageIds (default: each DICOM's)
+                 read: Callable = read_dicom): # (path, size) → uint8 image: `read_dicom`, or `pneumokit.png.read_image`
+        self.paths, self.size, self.ids, self.read = [Path(p) for p in paths], size, ids, read
     def __len__(self) -> int: return len(self.paths)
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         p = self.paths[i]
-        return torch.from_numpy(read_dicom(p, self.size)), image_id_of(p)
+        return torch.from_numpy(self.read(p, self.size)), image_id_of(p) if self.ids is None else self.ids[i]
 
 # %% ../nbs/11_inference.ipynb #94c1be5c
 def _size_pair(size: int | tuple[int, int] | None, name: str) -> tuple[int, int] | None:
@@ -258,8 +261,16 @@ def _image_ids(files: Sequence[Path]) -> list[str]:
         seen[i] = f; ids.append(i)
     return ids
 
+def _test_images(src) -> tuple[list[Path], list[str], Callable]:
+    "Files, ImageIds and reader of the test images: DICOMs, or a PNG set's {ImageId: image} (`pneumokit.png`)."
+    if not isinstance(src, Mapping):
+        files = dicom_files(src)
+        return files, _image_ids(files), read_dicom
+    if not src: raise ValueError("no test images: the PNG set's test split is empty")
+    return [Path(p) for p in src.values()], list(src), read_image
+
 def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
-                   src: str | Path | Sequence[str | Path], # DICOM folder (any depth) or list of files
+                   src: str | Path | Sequence[str | Path] | Mapping[str, str | Path], # DICOM folder (any depth) or files; or ImageId → PNG/JPG (`PngSet.images`)
                    size: int, # side the models take (images read with `read_dicom(path, size)`)
                    dest: str | Path, # `.npy` file for the (N, H, W) uint8 maps; ids go beside it (`pneumokit.layout.maps_ids`)
                    tta: str = 'hflip', # a key of `TTAS`
@@ -269,11 +280,12 @@ def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_
                    n_workers: int = 0, # DataLoader processes reading the DICOMs
                   ) -> tuple[pd.DataFrame, Path]:
     "Probability maps of DICOMs from a TTA ensemble, streamed into a uint8 `.npy` memory map; returns (ids, its path). Two files of one ImageId are refused."
-    models, _, dest, files = _check_models(models), get_tta(tta), _check_dest(dest), dicom_files(src)
+    models, _, dest = _check_models(models), get_tta(tta), _check_dest(dest)
     size, bs, device = check_int('size', size), check_int('bs', bs), get_device(device)
     check_int('n_workers', n_workers, 0)
-    out_hw, ids = _size_pair(out_size, 'out_size'), _image_ids(files)
-    dl = DataLoader(DicomDataset(files, size), batch_size=bs, num_workers=n_workers, pin_memory=device.type == 'cuda')
+    files, ids, read = _test_images(src)
+    out_hw = _size_pair(out_size, 'out_size')
+    dl = DataLoader(DicomDataset(files, size, ids, read), batch_size=bs, num_workers=n_workers, pin_memory=device.type == 'cuda')
     to_x = lambda batch: normalise(batch[0].to(device, non_blocking=True))
     path = _stream(models, dl, to_x, len(files), dest, tta, out_hw, device)
     df = pd.DataFrame(dict(ImageId=ids, path=[str(f) for f in files]))

@@ -20,8 +20,8 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['read_json', 'SiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir', 'ReportDir', 'maps_ids',
-           'maps_cls', 'read_maps']
+__all__ = ['read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir', 'ReportDir',
+           'maps_ids', 'maps_cls', 'read_maps']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -73,10 +73,30 @@ class SiimDir(_Owner):
         if split not in ('train', 'test'): raise ValueError(f"split={split!r}; valid: train, test")
         return self.train_dicoms if split == 'train' else self.test_dicoms
 
+# %% ../nbs/00b_layout.ipynb #3e280137
+class PngSiimDir(_Owner):
+    "A PNG/JPG conversion of SIIM: the folder names `pneumokit.png` looks for in each of its layouts, and the image suffixes."
+    names = dict(id_map_images='png_images', id_map_masks='png_masks', train_images='train', train_masks='masks', test_images='test')
+    id_map_images = _file(names['id_map_images'])  # images named freely; CSVs in the root map file names to ImageIds
+    id_map_masks = _file(names['id_map_masks'])  # their masks, same file names
+    train_images = _file(names['train_images'])  # <ImageId>.png, often resized to 128-1024 px
+    train_masks = _file(names['train_masks'])  # <ImageId>.png masks of `train`
+    test_images = _file(names['test_images'])  # <ImageId>.png test images
+    suffixes = ('.png', '.jpg', '.jpeg')  # image and mask files (any case)
+
+    def image_files(self, folder: Path) -> list[Path]:
+        "The image files directly in `folder`, sorted by name."
+        return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in self.suffixes)
+
+    def csvs(self) -> list[Path]:
+        "The CSV files in the root (id maps, label files), sorted by name."
+        return sorted(p for p in self.root.iterdir() if p.is_file() and p.name.lower().endswith(('.csv', '.csv.gz')))
+
 # %% ../nbs/00b_layout.ipynb #1a0b0009
 class CacheDir(_Owner):
     "A PNG cache of 2D images: `<root>/<size>/images/<ImageId>.png`, `<root>/<size>/masks/<ImageId>.png` (0/255), `manifest.csv`."
     manifest = _file('manifest.csv')
+    labels = _file('labels.csv')  # Kaggle RLE labels at 1024² converted from a PNG set's masks (`pneumokit.png`)
     def images(self, size: int) -> Path: return self.root/str(int(size))/'images'
     def masks(self, size: int) -> Path: return self.root/str(int(size))/'masks'
     def image(self, size: int, image_id: str) -> Path: return self.images(size)/f'{image_id}.png'
