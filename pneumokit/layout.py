@@ -157,6 +157,7 @@ class FoldDir(_Owner):
     oof_ids = _file('oof_ids.csv')
     oof_cls = _file('oof_cls.npy')  # image-level probabilities, for models with that head
     tensorboard = _file('tb')
+    wandb = _file('wandb')  # W&B's folder (offline runs), when `train.wandb` is on
 
     @staticmethod
     def last_name(stage: int, epoch: int) -> str: return f'last_s{stage}_e{epoch}.pth'
