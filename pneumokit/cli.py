@@ -145,6 +145,7 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
           device: str = None, # 'cpu', 'cuda', 'cuda:1' (default: CUDA when available)
           workers: int = None, # DataLoader workers
           no_tensorboard: bool = False, # skip the TensorBoard logs
+          wandb: bool = False, # also log to Weights & Biases, offline (`pip install pneumokit[wandb]`; or `train.wandb: true`)
           distributed: bool = False, # data-parallel (DDP) over several processes, started here through `accelerate launch`
           processes: int = None, # with --distributed: processes on this machine (default: one per GPU, at least 2 on a CPU)
          ) -> pd.DataFrame | None:
@@ -153,7 +154,7 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
     if distributed and not is_launched(): return _relaunch(processes)
     summary = pipeline.train(cfg, _existing(cache, 'PNG cache'), _existing(folds, 'folds file'), run, fold=fold,
                              resume=resume, device=device, n_workers=workers, tensorboard=not no_tensorboard,
-                             distributed=distributed)
+                             wandb=wandb, distributed=distributed)
     if is_main():
         print(summary[['fold', 'best_score', 'oof_dice', 'n_valid']].to_string(index=False))
         print(f"run folder: {run}")

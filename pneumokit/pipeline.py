@@ -26,7 +26,7 @@ from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .submission import make_submission
 from .synthetic import make_mini_siim
-from .train import train_kfold
+from .train import check_wandb, train_kfold
 
 # %% auto #0
 __all__ = ['as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'SearchResult', 'search',
@@ -137,12 +137,14 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
           device: str | None = None, # default: CUDA when available
           n_workers: int | None = None, # DataLoader workers
           tensorboard: bool = True, # TensorBoard logs in each fold folder
+          wandb: bool = False, # also log to Weights & Biases, offline (as the config's `train.wandb` does)
           distributed: bool = False, # DDP across the processes `accelerate launch` started (`pneumokit train --distributed`)
          ) -> pd.DataFrame:
     "Train the config's folds into `run`; returns the summary of every finished fold in the run."
     cfg, run, cache, folds_file = as_config(cfg), RunDir(run), CacheDir(cache), Path(folds)
     for p, what in ((cache.root, 'PNG cache'), (folds_file, 'folds file')):
         if not p.exists(): raise FileNotFoundError(f"{what} not found: {p}")
+    check_wandb(wandb or cfg.recipe.wandb)
     get_device(device); check_dest(run.root, 'run folder', folder=True)  # before anything is written
     if missing := [s for s in cfg.sizes if s not in cache.sizes()]:
         raise FileNotFoundError(f"{cache.root} has no images at size(s) {missing}: run `prepare` with this config first")
@@ -151,7 +153,7 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
     run.start(cfg.to_dict())
     run.write_info(cache, folds_file)
     train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, device=device, n_workers=n_workers,
-                tensorboard=tensorboard, distributed=distributed)
+                tensorboard=tensorboard, wandb=wandb, distributed=distributed)
     _forget_stale_search(run)
     return run.collect_summary()
 
