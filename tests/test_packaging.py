@@ -1,0 +1,56 @@
+"""What the package claims about itself: no links to pages that do not exist, a license file that matches, extras that
+install what the features ask for, and floors the tested environment meets."""
+import ast, re, tomllib
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT/'pyproject.toml').read_text())
+
+
+def test_no_links_in_module_docstrings():
+    "No module advertises a documentation site (there is none): no URL and no `Docs:` line in any module docstring."
+    bad = []
+    for f in sorted((ROOT/'pneumokit').glob('*.py')):
+        doc = ast.get_docstring(ast.parse(f.read_text())) or ''
+        bad += [f'{f.name}: {m}' for m in re.findall(r'https?://\S+|^Docs:.*$', doc, re.M)]
+    assert not bad, bad
+    # nbdev writes `Docs:` lines from this URL on every export: it must stay out until a documentation site exists
+    assert 'Documentation' not in PYPROJECT['project'].get('urls', {})
+    assert 'github.io' not in (ROOT/'pneumokit'/'_modidx.py').read_text()
+
+
+def test_license_file():
+    assert PYPROJECT['project']['license'] == 'Apache-2.0'
+    assert 'LICENSE' in PYPROJECT['project']['license-files']
+    text = (ROOT/'LICENSE').read_text()
+    assert text.split()[:4] == ['Apache', 'License', 'Version', '2.0,']
+    for clause in ('1. Definitions.', '4. Redistribution.', '9. Accepting Warranty or Additional Liability.',
+                   'END OF TERMS AND CONDITIONS'):
+        assert clause in text, clause
+
+
+def test_extras_and_floors():
+    "The extras exist, `dev` pulls both (what `make test` installs), and this environment meets every stated floor."
+    extras = PYPROJECT['project']['optional-dependencies']
+    assert [Requirement(r).name for r in extras['wandb']] == ['wandb']
+    assert {Requirement(r).name for r in extras['export']} == {'onnx', 'onnxscript', 'onnxruntime'}
+    assert any(Requirement(r).name == 'pneumokit' and Requirement(r).extras == {'wandb', 'export'} for r in extras['dev'])
+    reqs = [Requirement(r) for r in PYPROJECT['project']['dependencies'] + extras['wandb'] + extras['export']]
+    reqs += [Requirement(r) for r in extras['dev'] if not r.startswith('pneumokit')]
+    unmet = [f'{r} (installed {metadata.version(r.name)})' for r in reqs if not r.specifier.contains(metadata.version(r.name), prereleases=True)]
+    assert not unmet, unmet
+
+
+def test_floor_apis():
+    "The API each raised floor is there for (a floor below it would install a release without it)."
+    import inspect
+    import fastcore.script, timm.models
+    from nbdev.test import nbdev_test
+    assert callable(fastcore.script.parse_cli)
+    assert 'weights_only' in inspect.signature(timm.models.load_state_dict).parameters
+    assert 'cell_timeout' in inspect.signature(nbdev_test).parameters
+    import pydicom.pixels
+    assert callable(pydicom.pixels.get_decoder) and callable(pydicom.pixels.apply_modality_lut)
