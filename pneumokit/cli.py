@@ -24,8 +24,8 @@ from .eda import describe_findings
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['COMMANDS', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'configs', 'demo',
-           'run_command', 'main']
+__all__ = ['COMMANDS', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'export', 'configs',
+           'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -213,6 +213,22 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
     print(f"{len(sub)} rows, {(sub.EncodedPixels.astype(str).str.strip() != '-1').sum()} with a mask -> {path}")
     return path
 
+# %% ../nbs/15_cli.ipynb #163ae2d8
+@call_parse
+def export(run: str, # run folder (`pneumokit train`, best after `pneumokit search`)
+           dest: str, # folder for model.pt2, export.json (the sidecar) and pneumokit_kernel.py
+           folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
+           onnx: bool = False, # also write model.onnx for onnxruntime (needs onnx and onnxscript)
+           thresholds: str = None, # a rule JSON file to record instead of the run's search
+          ) -> Path:
+    "The run's fold x top-k ensemble with its TTA as one torch.export file a kernel loads with torch alone, plus the offline kernel."
+    ed = pipeline.export(_existing(run, 'run folder'), dest, list(_ints(folds, '--folds')) if folds else None, onnx,
+                         _existing(thresholds, 'thresholds') if thresholds else None)
+    m = ed.read_sidecar()
+    print(f"{m['n_models']} models x {m['tta']} TTA -> {ed.model} (largest difference from pneumokit's ensemble {m['max_abs_diff']:.2g})")
+    print(f"in a kernel: python {ed.kernel} {ed.sidecar} DICOM_FOLDER submission.csv")
+    return ed.root
+
 # %% ../nbs/15_cli.ipynb #276da258
 @call_parse
 def configs() -> pd.DataFrame:
@@ -240,9 +256,10 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
 
 # %% ../nbs/15_cli.ipynb #b202469e
 COMMANDS = dict(synth=synth, prepare=prepare, audit=audit, eda=eda, split=split, train=train, search=search,
-                predict=predict, submit=submit, configs=configs, demo=demo)
+                predict=predict, submit=submit, export=export, configs=configs, demo=demo)
 _POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
-                   train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'])
+                   train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'],
+                   export=['run', 'dest'])
 
 def _usage() -> str:
     lines = ['usage: pneumokit <command> [options]   (pneumokit <command> --help for its options)', '', 'commands:']

@@ -19,9 +19,10 @@ from .config import Config, config_from_dict, list_configs, load_config
 from .core import check_dest, data_dir, get_device, project_root, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
+from .export import export_ensemble
 from .folds import load_folds, make_folds, save_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
+from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .submission import make_submission
@@ -30,7 +31,7 @@ from .train import train_kfold
 
 # %% auto #0
 __all__ = ['as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'train', 'SearchResult', 'search',
-           'predict', 'submit', 'oof_arrays', 'oof_gallery', 'submission_score', 'demo']
+           'predict', 'submit', 'export', 'oof_arrays', 'oof_gallery', 'submission_score', 'demo']
 
 # %% ../nbs/14b_pipeline.ipynb #629938e4
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -244,6 +245,23 @@ def _cls_probs(probs: Path) -> np.ndarray:
     if not f.is_file(): raise FileNotFoundError(f"{f} not found: a classifier rule needs the models' image-level probabilities, "
                                                 "which `predict` writes for models with that head (`model.kwargs.aux: true`)")
     return np.load(f)
+
+# %% ../nbs/14b_pipeline.ipynb #847cd8eb
+def export(run: str | Path | RunDir, # run folder (from `train`, best after `search`)
+           dest: str | Path, # folder for `model.pt2`, `export.json` and `pneumokit_kernel.py`
+           folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
+           onnx: bool = False, # also write `model.onnx` for onnxruntime (needs onnx and onnxscript)
+           thresholds: str | Path | dict | ThresholdRule | None = None, # the rule to record (default: the run's search, else its config's default)
+          ) -> ExportDir:
+    "The run's fold × top-k ensemble with its TTA as one file a kernel loads with torch alone, a sidecar with the rule, and the offline kernel."
+    run = RunDir(run)
+    cfg = run_config(run)
+    if cfg.recipe.mode != 'binary': raise ValueError(f"{run.root} is a {cfg.recipe.mode} run: export writes binary (sigmoid) ensembles only")
+    rule, size = _rule_at(run if thresholds is None else thresholds)
+    models = load_fold_models(run, folds, 'cpu')
+    source = dict(run=str(run.root.resolve()), folds=list(folds) if folds is not None else run.fold_ids('summary'))
+    return export_ensemble(models, dest, size=cfg.predict_size, rule=rule, tta=cfg.inference.tta, rule_size=size, onnx=onnx,
+                           source=source)
 
 # %% ../nbs/14b_pipeline.ipynb #01a25838
 def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)
