@@ -257,11 +257,13 @@ def export(run: str | Path | RunDir, # run folder (from `train`, best after `sea
     run = RunDir(run)
     cfg = run_config(run)
     if cfg.recipe.mode != 'binary': raise ValueError(f"{run.root} is a {cfg.recipe.mode} run: export writes binary (sigmoid) ensembles only")
+    if folds is not None and (absent := [k for k in folds if not run.fold(k).root.is_dir()]):
+        raise FileNotFoundError(f"{run.root} has no fold {absent[0]}; its folds: {', '.join(map(str, run.fold_ids())) or 'none'}")
     rule, size = _rule_at(run if thresholds is None else thresholds)
     models = load_fold_models(run, folds, 'cpu')
     source = dict(run=str(run.root.resolve()), folds=list(folds) if folds is not None else run.fold_ids('summary'))
     return export_ensemble(models, dest, size=cfg.predict_size, rule=rule, tta=cfg.inference.tta, rule_size=size, onnx=onnx,
-                           source=source)
+                           bs=cfg.inference.bs, source=source)
 
 # %% ../nbs/14b_pipeline.ipynb #01a25838
 def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)
