@@ -216,9 +216,9 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
 # %% ../nbs/15_cli.ipynb #163ae2d8
 @call_parse
 def export(run: str, # run folder (`pneumokit train`, best after `pneumokit search`)
-           dest: str, # folder for model.pt2, export.json (the sidecar) and pneumokit_kernel.py
+           dest: str, # folder for the exported program, its sidecar JSON and the offline kernel (`pneumokit.layout.ExportDir`)
            folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
-           onnx: bool = False, # also write model.onnx for onnxruntime (needs onnx and onnxscript)
+           onnx: bool = False, # also write the ensemble as ONNX, for onnxruntime (needs onnx and onnxscript)
            thresholds: str = None, # a rule JSON file to record instead of the run's search
           ) -> Path:
     "The run's fold x top-k ensemble with its TTA as one torch.export file a kernel loads with torch alone, plus the offline kernel."

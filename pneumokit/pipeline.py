@@ -248,9 +248,9 @@ def _cls_probs(probs: Path) -> np.ndarray:
 
 # %% ../nbs/14b_pipeline.ipynb #847cd8eb
 def export(run: str | Path | RunDir, # run folder (from `train`, best after `search`)
-           dest: str | Path, # folder for `model.pt2`, `export.json` and `pneumokit_kernel.py`
+           dest: str | Path, # folder for the program, its sidecar and the offline kernel (`pneumokit.layout.ExportDir`)
            folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
-           onnx: bool = False, # also write `model.onnx` for onnxruntime (needs onnx and onnxscript)
+           onnx: bool = False, # also write the ensemble as ONNX, for onnxruntime (needs onnx and onnxscript)
            thresholds: str | Path | dict | ThresholdRule | None = None, # the rule to record (default: the run's search, else its config's default)
           ) -> ExportDir:
     "The run's fold × top-k ensemble with its TTA as one file a kernel loads with torch alone, a sidecar with the rule, and the offline kernel."

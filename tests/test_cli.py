@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ['synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'configs', 'demo']
+COMMANDS = ['synth', 'prepare', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'submit', 'export', 'configs', 'demo']
 
 
 def test_usage_lists_commands():
