@@ -128,18 +128,32 @@ def test_kernel_runs_without_pneumokit(trained, tmp_path):
     sub = validate_submission(tmp_path/'sub.csv', mini/'sample_submission.csv')
     ref = pd.read_csv(d/'submission.csv', dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(sub.sort_values('ImageId', ignore_index=True), ref.sort_values('ImageId', ignore_index=True))
+    # the small run's searched rule empties every image: a looser rule in a copy of the sidecar draws masks through the same path
+    from pneumokit.postprocess import rule_from_dict
+    rule = dict(rule='triplet', top=0.5, area=20, bottom=0.49, size=64)
+    (tmp_path/'rule.json').write_text(json.dumps(rule))
+    run_cli('submit', d/'probs.npy', tmp_path/'ref-loose.csv', '--thresholds', tmp_path/'rule.json', env=ENV)
+    loose = tmp_path/'loose.json'
+    loose.write_text(json.dumps({**ed.read_sidecar(), 'model': str(ed.model), 'rule': rule_from_dict(rule).scaled(16 ** 2).to_dict()}))
+    r = subprocess.run([str(py), str(ed.kernel), str(loose), str(mini/'dicom-images-test'), str(tmp_path/'loose.csv')],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = pd.read_csv(tmp_path/'ref-loose.csv', dtype=str, keep_default_na=False)
+    assert (ref.EncodedPixels != '-1').sum() >= 2, ref
+    pd.testing.assert_frame_equal(validate_submission(tmp_path/'loose.csv', mini/'sample_submission.csv'), ref)
 
 
 def test_export_bad_input(trained, tmp_path):
-    "Each is one line naming what is wrong, and nothing is written."
+    "Each is one line naming what is wrong (the command line turns these errors into it), and nothing is written."
+    from pneumokit import pipeline
     d, mini = trained
     out = run_cli('export', tmp_path/'nope', tmp_path/'e', check=False)
     assert out.returncode != 0 and out.stderr.strip().splitlines() == [f'pneumokit export: run folder not found: {tmp_path/"nope"}']
-    out = run_cli('export', mini, tmp_path/'e', check=False)  # a folder that is not a run
-    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'config.yaml not found' in out.stderr
-    out = run_cli('export', d/'run', tmp_path/'e', '--folds', '3', check=False)
-    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'has no fold 3; its folds: 0' in out.stderr, out.stderr
     (tmp_path/'file').write_text('')
     out = run_cli('export', d/'run', tmp_path/'file', check=False)
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'is a file, expected a folder' in out.stderr
+    with pytest.raises(FileNotFoundError, match='config.yaml not found'): pipeline.export(mini, tmp_path/'e')  # not a run
+    with pytest.raises(FileNotFoundError, match='has no fold 3; its folds: 0'): pipeline.export(d/'run', tmp_path/'e', folds=[3])
+    with pytest.raises(ValueError, match='the classifier rule needs image-level probabilities'):
+        pipeline.export(d/'run', tmp_path/'e', thresholds=dict(rule='classifier', cls_threshold=0.5, bottom=0.5))
     assert not (tmp_path/'e').exists()
