@@ -24,7 +24,7 @@ from .postprocess import rule_from_dict
 
 # %% auto #0
 __all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit',
-           'configs', 'demo', 'run_command', 'main']
+           'export', 'configs', 'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -252,6 +252,22 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
     print(f"{len(sub)} rows, {(sub.EncodedPixels.astype(str).str.strip() != '-1').sum()} with a mask -> {path}")
     return path
 
+# %% ../nbs/15_cli.ipynb #163ae2d8
+@call_parse
+def export(run: str, # run folder (`pneumokit train`, best after `pneumokit search`)
+           dest: str, # folder for the exported program, its sidecar JSON and the offline kernel (`pneumokit.layout.ExportDir`)
+           folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
+           onnx: bool = False, # also write the ensemble as ONNX, for onnxruntime (needs onnx and onnxscript)
+           thresholds: str = None, # a rule JSON file to record instead of the run's search
+          ) -> Path:
+    "The run's fold x top-k ensemble with its TTA as one torch.export file a kernel loads with torch alone, plus the offline kernel."
+    ed = pipeline.export(_existing(run, 'run folder'), dest, list(_ints(folds, '--folds')) if folds else None, onnx,
+                         _existing(thresholds, 'thresholds') if thresholds else None)
+    m = ed.read_sidecar()
+    print(f"{m['n_models']} models x {m['tta']} TTA -> {ed.model} (largest difference from pneumokit's ensemble {m['max_abs_diff']:.2g})")
+    print(f"in a kernel: python {ed.kernel} {ed.sidecar} DICOM_FOLDER submission.csv")
+    return ed.root
+
 # %% ../nbs/15_cli.ipynb #276da258
 @call_parse
 def configs() -> pd.DataFrame:
@@ -279,10 +295,10 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
 
 # %% ../nbs/15_cli.ipynb #b202469e
 COMMANDS = dict(synth=synth, prepare=prepare, slice=slice, audit=audit, eda=eda, split=split, train=train, search=search,
-                predict=predict, score=score, submit=submit, configs=configs, demo=demo)
+                predict=predict, score=score, submit=submit, export=export, configs=configs, demo=demo)
 _POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
                    train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'],
-                   slice=['volumes', 'cache'], score=['preds', 'volumes'])
+                   slice=['volumes', 'cache'], score=['preds', 'volumes'], export=['run', 'dest'])
 
 def _usage() -> str:
     lines = ['usage: pneumokit <command> [options]   (pneumokit <command> --help for its options)', '', 'commands:']

@@ -19,7 +19,7 @@ from .ddp import barrier, is_main
 
 # %% auto #0
 __all__ = ['read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir', 'ReportDir',
-           'maps_ids', 'maps_cls', 'read_maps']
+           'maps_ids', 'maps_cls', 'read_maps', 'ExportDir']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -385,3 +385,13 @@ def read_maps(maps: str | Path, # a `.npy` of probability maps written by `predi
         raise ValueError(f"{f}: not a CSV with an ImageId column ({type(e).__name__})") from None
     if len(ids) != len(arr): raise ValueError(f"{f} lists {len(ids)} images but {maps} holds {len(arr)} maps")
     return arr, ids
+
+# %% ../nbs/00b_layout.ipynb #85479dd8
+class ExportDir(_Owner):
+    "An exported ensemble: `model.pt2` (`torch.export`), `model.onnx` (optional), the sidecar `export.json`, the kernel `pneumokit_kernel.py`."
+    model = _file('model.pt2')
+    onnx = _file('model.onnx')
+    sidecar = _file('export.json')
+    kernel = _file('pneumokit_kernel.py')
+
+    def read_sidecar(self) -> dict: return read_json(self.sidecar, f"is {self.root} a folder written by `pneumokit export`?")

@@ -17,9 +17,10 @@ from .config import Config, config_from_dict, list_configs, load_config
 from .core import check_dest, data_dir, get_device, project_root, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
+from .export import export_ensemble
 from .folds import load_folds, make_folds, save_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
+from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
@@ -32,7 +33,7 @@ from .volumes import (case_folds, case_scores, find_volume_pairs, get_codes, pre
 
 # %% auto #0
 __all__ = ['DATA_KINDS', 'as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'DataKind',
-           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'oof_arrays', 'oof_gallery',
+           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'export', 'oof_arrays', 'oof_gallery',
            'submission_score', 'demo', 'slice', 'score']
 
 # %% ../nbs/14b_pipeline.ipynb #4fc2a4a3
@@ -334,6 +335,25 @@ def _cls_probs(probs: Path) -> np.ndarray:
     if not f.is_file(): raise FileNotFoundError(f"{f} not found: a classifier rule needs the models' image-level probabilities, "
                                                 "which `predict` writes for models with that head (`model.kwargs.aux: true`)")
     return np.load(f)
+
+# %% ../nbs/14b_pipeline.ipynb #847cd8eb
+def export(run: str | Path | RunDir, # run folder (from `train`, best after `search`)
+           dest: str | Path, # folder for the program, its sidecar and the offline kernel (`pneumokit.layout.ExportDir`)
+           folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
+           onnx: bool = False, # also write the ensemble as ONNX, for onnxruntime (needs onnx and onnxscript)
+           thresholds: str | Path | dict | ThresholdRule | None = None, # the rule to record (default: the run's search, else its config's default)
+          ) -> ExportDir:
+    "The run's fold × top-k ensemble with its TTA as one file a kernel loads with torch alone, a sidecar with the rule, and the offline kernel."
+    run = RunDir(run)
+    cfg = run_config(run)
+    if cfg.recipe.mode != 'binary': raise ValueError(f"{run.root} is a {cfg.recipe.mode} run: export writes binary (sigmoid) ensembles only")
+    if folds is not None and (absent := [k for k in folds if not run.fold(k).root.is_dir()]):
+        raise FileNotFoundError(f"{run.root} has no fold {absent[0]}; its folds: {', '.join(map(str, run.fold_ids())) or 'none'}")
+    rule, size = _rule_at(run if thresholds is None else thresholds)
+    models = load_fold_models(run, folds, 'cpu')
+    source = dict(run=str(run.root.resolve()), folds=list(folds) if folds is not None else run.fold_ids('summary'))
+    return export_ensemble(models, dest, size=cfg.predict_size, rule=rule, tta=cfg.inference.tta, rule_size=size, onnx=onnx,
+                           bs=cfg.inference.bs, source=source)
 
 # %% ../nbs/14b_pipeline.ipynb #95197a38
 def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)

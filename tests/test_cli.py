@@ -4,7 +4,8 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ['synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit', 'configs', 'demo']
+COMMANDS = ['synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit', 'export',
+            'configs', 'demo']
 
 
 def test_usage_lists_commands():

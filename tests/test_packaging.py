@@ -52,5 +52,7 @@ def test_floor_apis():
     assert callable(fastcore.script.parse_cli)
     assert 'weights_only' in inspect.signature(timm.models.load_state_dict).parameters
     assert 'cell_timeout' in inspect.signature(nbdev_test).parameters
+    import torch.export, torch.onnx
+    assert callable(torch.export.Dim) and 'dynamo' in inspect.signature(torch.onnx.export).parameters
     import pydicom.pixels
     assert callable(pydicom.pixels.get_decoder) and callable(pydicom.pixels.apply_modality_lut)
