@@ -25,6 +25,22 @@ def run_cli(*args, cwd=None, check=True, env=None):
     return res
 
 
+def cli_run(name: str, *argv):
+    "Run `pneumokit <name> argv...` in this process, parsed exactly as the console script parses it (no second torch start-up)."
+    from pneumokit.cli import run_command
+    return run_command(name, [str(a) for a in argv])
+
+
+def cli_fails(name: str, *argv, needles=()) -> str:
+    "The command must end as one line `pneumokit <name>: <reason>` holding every needle (a CliError, never a traceback)."
+    from fastcore.script import CliError
+    with pytest.raises(CliError) as e: cli_run(name, *argv)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and msg.startswith(f'pneumokit {name}: '), msg
+    for n in needles: assert n in msg, msg
+    return msg
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     "`make(options)`: a small tmpfs mounted under tmp_path (unmounted afterwards), for full and read-only disks; skipped with a message where mounting is not allowed (it needs root with CAP_SYS_ADMIN)."

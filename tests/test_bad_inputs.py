@@ -9,22 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fastcore.script import CliError
 
-from pneumokit.cli import run_command
-
-
-def run(name: str, *argv):
-    return run_command(name, [str(a) for a in argv])
-
-
-def fails(name: str, *argv, needles=()) -> str:
-    "The command must end as one line naming the command and holding every needle."
-    with pytest.raises(CliError) as e: run(name, *argv)
-    msg = str(e.value)
-    assert len(msg.splitlines()) == 1 and msg.startswith(f'pneumokit {name}: '), msg
-    for n in needles: assert n in msg, msg
-    return msg
+from conftest import cli_fails as fails, cli_run as run
 
 
 @pytest.fixture(scope='module')

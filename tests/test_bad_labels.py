@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from fastcore.script import CliError
 
-from pneumokit.cli import run_command
+from conftest import cli_fails, cli_run
 from pneumokit.dicom import build_cache, image_id_of, list_dicoms, rles_by_id
 from pneumokit.eda import audit, describe_findings
 from pneumokit.folds import load_folds, make_folds
@@ -38,18 +37,8 @@ def _with(lab: pd.DataFrame, image_id: str, rle: str) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def _run(name: str, argv: list):
-    "Run `pneumokit <name>` in-process; returns what the command returns."
-    return run_command(name, [str(a) for a in argv])
-
-
-def _cli_fails(name: str, argv: list, *needles: str) -> str:
-    "Run `pneumokit <name>` in-process; it must end as a one-line CliError holding every needle."
-    with pytest.raises(CliError) as e: run_command(name, [str(a) for a in argv])
-    msg = str(e.value)
-    assert len(msg.splitlines()) == 1 and msg.startswith(f'pneumokit {name}: '), msg
-    for n in needles: assert n in msg, msg
-    return msg
+def _run(name: str, argv: list): return cli_run(name, *argv)
+def _cli_fails(name: str, argv: list, *needles: str) -> str: return cli_fails(name, *argv, needles=needles)
 
 
 def _ids(lab: pd.DataFrame) -> tuple[str, str]:

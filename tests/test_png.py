@@ -9,13 +9,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from fastcore.script import CliError
 
-from pneumokit.cli import run_command
 from pneumokit.dicom import image_id_of, list_dicoms, read_dicom
 from pneumokit.layout import CacheDir
 from pneumokit.rle import group_labels, masks_from_rles, read_labels, rle_decode
 from pneumokit.submission import validate_submission
+from conftest import cli_fails as fails, cli_run as run
 
 CONFIG = '''base: fastai-baseline.cpu-smoke
 stages:
@@ -23,19 +22,6 @@ stages:
   - {size: 64, epochs: 1, bs: 8, lr: [2.0e-3, 1.0e-2], loss: bce, aug: none}
 data: {n_splits: 2, folds: [0]}
 '''
-
-
-def run(name: str, *argv):
-    return run_command(name, [str(a) for a in argv])
-
-
-def fails(name: str, *argv, needles=()) -> str:
-    "The command must end as one line naming the command and holding every needle."
-    with pytest.raises(CliError) as e: run(name, *argv)
-    msg = str(e.value)
-    assert len(msg.splitlines()) == 1 and msg.startswith(f'pneumokit {name}: '), msg
-    for n in needles: assert n in msg, msg
-    return msg
 
 
 def _write(path: Path, a: np.ndarray) -> Path:

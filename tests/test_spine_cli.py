@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from fastcore.script import CliError
 
 from conftest import run_cli
 from pneumokit import pipeline
 from pneumokit.cli import run_command
 from pneumokit.layout import RunDir, VolumeDir
 from pneumokit.volumes import SPINE_CODES, make_synthetic_spine, write_nifti
+from conftest import cli_fails as _fails
 
 CONFIG = 'spine-mri.cpu-smoke'
 
@@ -74,15 +74,6 @@ def test_cli_and_python_give_the_same_files(spine_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bad volumes
-
-def _fails(name: str, *argv, needles=()) -> str:
-    "The command ends as one line naming the command and holding every needle."
-    with pytest.raises(CliError) as e: run_command(name, [str(a) for a in argv])
-    msg = str(e.value)
-    assert len(msg.splitlines()) == 1 and msg.startswith(f'pneumokit {name}: '), msg
-    for n in needles: assert n in msg, msg
-    return msg
-
 
 def _volume(path: Path, a: np.ndarray) -> Path: return write_nifti(nib.Nifti1Image(a, np.eye(4)), path)
 
