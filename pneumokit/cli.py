@@ -108,16 +108,17 @@ def slice(volumes: str, # folder of NIfTI scans and their label volumes (`mask_<
 
 # %% ../nbs/15_cli.ipynb #6daa35f8
 @call_parse
-def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz]), or a PNG/JPG set alone (its masks are its labels)
+def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz]), or a PNG/JPG set or a NIfTI volume folder alone
           dicoms: str = None, # DICOM folder or PNG/JPG set
           out: str = None, # write the findings as CSV here
           expected_size: int = 1024, # image side every DICOM should have
           workers: int = None, # worker processes (default: all cores)
           show: int = 10, # findings listed (file, id, reason); all of them are in --out
+          codes: str = 'spine', # a volume folder's class codes (a `pneumokit.volumes.CODE_SETS` name)
          ) -> pd.DataFrame:
     "Check labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files."
     res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None, out, expected_size=expected_size,
-                         n_workers=workers)
+                         n_workers=workers, codes=codes)
     print(f"audit: {len(res)} finding(s)" + (f"\n{describe_findings(res, check_int('--show', show, 0))}" if len(res) else ''))
     return res
 

@@ -28,7 +28,8 @@ from .submission import make_submission
 from .synthetic import make_mini_siim
 from .train import check_wandb, train_kfold
 from .layout import SliceCacheDir, VolumeDir
-from .volumes import (case_folds, case_scores, find_volume_pairs, get_codes, predict_volumes, read_slice_cache,
+from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs, get_codes, is_volume_folder, predict_volumes,
+                               read_slice_cache,
                                slice_volumes, unlabelled_cases)
 
 # %% auto #0
@@ -108,11 +109,12 @@ def audit(labels: str | Path | None, # label CSV (train-rle.csv, stage_2_train.c
           expected_size: int = 1024, # image side every DICOM should have
           n_workers: int | None = None, # processes reading DICOMs (default: all cores)
           progress: bool = True, # progress bar
+          codes: str | Sequence[str] = 'spine', # a volume folder's class codes (`pneumokit.volumes.CODE_SETS` name or names)
          ) -> pd.DataFrame:
-    "Labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files; one row each."
+    "Labels against DICOMs (or a PNG set's masks, or every case of a volume folder): missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files; one row each."
     if out is not None: check_dest(out, '--out')
-    labels, dicoms = _labels_images(labels, dicoms)
-    res = audit_labels(labels, dicoms, expected_size=expected_size, n_workers=n_workers, progress=progress)
+    if dicoms is None and labels is not None and is_volume_folder(labels): res = audit_volumes(labels, codes)
+    else: res = audit_labels(*_labels_images(labels, dicoms), expected_size=expected_size, n_workers=n_workers, progress=progress)
     if out is not None: write_bytes_atomic(out, res.to_csv(index=False).encode())
     return res
 

@@ -56,3 +56,23 @@ def test_floor_apis():
     assert callable(torch.export.Dim) and 'dynamo' in inspect.signature(torch.onnx.export).parameters
     import pydicom.pixels
     assert callable(pydicom.pixels.get_decoder) and callable(pydicom.pixels.apply_modality_lut)
+
+
+def test_every_import_of_the_package_is_declared():
+    "A clean install imports everything the modules import, including what fastai.medical.imaging pulls in (kornia, skimage)."
+    import sys
+    deps = {Requirement(r).name.lower() for r in PYPROJECT['project']['dependencies']}
+    for mod in ('kornia', 'scikit-image'): assert mod in deps, f'{mod}: imported by fastai.medical.imaging, must be a dependency'
+    stdlib = set(sys.stdlib_module_names)
+    dist_of = {'cv2': 'opencv-python-headless', 'yaml': 'pyyaml', 'skimage': 'scikit-image', 'sklearn': 'scikit-learn',
+               'segmentation_models_pytorch': 'segmentation-models-pytorch', 'PIL': 'pillow'}
+    tops = set()
+    for f in (ROOT/'pneumokit').glob('*.py'):
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Import): tops |= {a.name.split('.')[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module: tops.add(n.module.split('.')[0])
+    extras = {Requirement(r).name.lower() for v in PYPROJECT['project']['optional-dependencies'].values() for r in v}
+    optional = {'IPython'}  # core.show_figures_inline: imported under `except ImportError`, a no-op outside IPython
+    missing = sorted(t for t in tops - stdlib - optional - {'pneumokit', '__future__'}
+                     if dist_of.get(t, t).lower().replace('_', '-') not in deps | extras)
+    assert not missing, f'imported by pneumokit but not declared: {missing}'

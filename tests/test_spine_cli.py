@@ -130,3 +130,18 @@ def test_one_line_and_no_traceback_from_the_console_script(tmp_path):
 def test_a_volume_run_has_no_threshold_to_search(spine_run):
     d, _, _ = spine_run
     _fails('search', d/'run', needles=['predicts label maps', 'no threshold to search'])
+
+
+def test_audit_lists_every_bad_case(spine_run, tmp_path):
+    "`pneumokit audit <volume folder>`: one finding per problem, every case named, none fatal (a scan without labels included)."
+    import shutil
+    _, spine, _ = spine_run
+    messy = Path(shutil.copytree(spine, tmp_path/'messy'))
+    write_nifti(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), messy/'MR'/'Case2.nii.gz')  # 2D
+    lab = nib.load(messy/'Mask'/'mask_case3.nii.gz')
+    write_nifti(nib.Nifti1Image(np.asarray(lab.dataobj)[..., :-1], lab.affine), messy/'Mask'/'mask_case3.nii.gz')  # shape
+    out = _cli('audit', messy, '--out', tmp_path/'findings.csv')
+    assert out.startswith('audit: 3 finding(s)'), out
+    found = pd.read_csv(tmp_path/'findings.csv')
+    assert found[['check', 'ImageId']].values.tolist() == [['unreadable', 'Case2'], ['shape', 'Case3'], ['no label', 'Case5']]
+    assert _cli('audit', spine).startswith('audit: 1 finding(s)')  # the unlabelled scan: fine to predict, not to train
