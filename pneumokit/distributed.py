@@ -56,10 +56,11 @@ def _slots(gpus: Sequence[int] | None, n_procs: int | None) -> list[dict]:
     return [dict(CUDA_VISIBLE_DEVICES=str(gpus[i % len(gpus)]) if gpus else '', OMP_NUM_THREADS=threads) for i in range(n)]
 
 def _fold_cmd(run: RunDir, cache: CacheDir, folds: Path, fold: int, resume: bool, n_workers: int | None,
-              tensorboard: bool) -> list[str]:
+              tensorboard: bool, wandb: bool = False) -> list[str]:
     "The `pneumokit train` command that trains `fold` alone, with the run's own config."
     return [sys.executable, '-m', 'pneumokit', 'train', str(run.config), str(cache.root), str(folds), str(run.root),
             '--fold', str(fold), *(['--resume'] if resume else []), *(['--no-tensorboard'] if not tensorboard else []),
+            *(['--wandb'] if wandb else []),
             *(['--workers', str(n_workers)] if n_workers is not None else [])]
 
 # %% ../nbs/21_distributed.ipynb #87225cb2
@@ -95,6 +96,7 @@ def train_folds_parallel(cfg: str | Path | Config, # config name, file or `Confi
                          resume: bool = False, # continue killed folds; finished folds are not retrained
                          n_workers: int | None = None, # loader workers per fold (default: the cores shared, at most 8)
                          tensorboard: bool = True, # write TensorBoard logs
+                         wandb: bool = False, # also log each fold to Weights & Biases, offline (`pneumokit train --wandb`)
                         ) -> pd.DataFrame:
     "Train folds as independent `pneumokit train` processes, each on its own GPU (`CUDA_VISIBLE_DEVICES`); the run's summary."
     cfg, cache, run, folds = as_config(cfg), CacheDir(cache), RunDir(run), Path(folds)
@@ -106,6 +108,6 @@ def train_folds_parallel(cfg: str | Path | Config, # config name, file or `Confi
     run.start(cfg.to_dict())  # every fold's process checks itself against this config
     run.parallel.mkdir(parents=True, exist_ok=True)
     logs = {k: run.parallel_log(k) for k in ids}
-    failed = _run_folds({k: _fold_cmd(run, cache, folds, k, resume, n_workers, tensorboard) for k in ids}, slots, logs)
+    failed = _run_folds({k: _fold_cmd(run, cache, folds, k, resume, n_workers, tensorboard, wandb) for k in ids}, slots, logs)
     if failed: raise RuntimeError('\n'.join([f"folds {failed} failed; the end of their logs:"] + [f"{logs[k]}:\n{_tail(logs[k])}" for k in failed]))
     return run.collect_summary()
