@@ -29,7 +29,7 @@ from .synthetic import make_mini_siim
 from .train import check_wandb, train_kfold
 from .layout import SliceCacheDir, VolumeDir
 from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs, get_codes, is_volume_folder, predict_volumes,
-                               read_slice_cache,
+                               read_slice_cache, SCANS,
                                slice_volumes, unlabelled_cases)
 
 # %% auto #0
@@ -164,8 +164,8 @@ def _png_check(cfg: Config, cache):
 
 def _png_predict(models, dicoms, dest, cfg: Config, run: RunDir, device):
     src = image_source(dicoms)  # a DICOM folder, or a PNG/JPG set's test images
-    return predict_dicoms(models, src.images('test') if isinstance(src, PngSet) else dicoms, size=cfg.predict_size, dest=dest or run.test_probs, tta=cfg.inference.tta,
-                          bs=cfg.inference.bs, device=device)
+    return predict_dicoms(models, src.images('test') if isinstance(src, PngSet) else dicoms, size=cfg.predict_size,
+                          dest=dest or run.test_probs, tta=cfg.inference.tta, bs=cfg.inference.bs, device=device)
 
 # %% ../nbs/14b_pipeline.ipynb #909e1540
 def _slice_check(cfg: Config, cache):
@@ -195,12 +195,11 @@ def _predict_scans(models, scans, dest, cfg: Config, run: RunDir, device):
     "Slice every NIfTI scan under `scans` like the training scans, predict, and write one label volume per case."
     s, dest = read_json(run.slicing, 'a volume run records how its scans were sliced when `train` starts'), Path(dest or run.test_volumes)
     check_dest(dest, 'prediction folder', folder=True)
-    pairs = find_volume_pairs(scans, _SCANS, require_labels=False).assign(label=None)  # label files present are not read
+    pairs = find_volume_pairs(scans, SCANS, require_labels=False).assign(label=None)  # label files present are not read
     with tempfile.TemporaryDirectory() as t:
         slice_volumes(pairs, t, axis=s['axis'], size=cfg.predict_size, codes=s['codes'])
         return predict_volumes(models, t, dest, tta=cfg.inference.tta, bs=cfg.inference.bs, device=device), dest
 
-_SCANS = '*.nii*'  # every NIfTI file (`.nii.gz`, `.nii`) not named like a label file is a scan
 
 DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict),
                   multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans, thresholds=False))
@@ -482,7 +481,7 @@ def slice(volumes: str | Path, # folder of NIfTI scans and label volumes (`mask_
           axis: int = 2, # axis to slice along (2: MRSpineSeg's sagittal slices)
           codes: str | Sequence[str] = 'spine', # a `pneumokit.volumes.CODE_SETS` name, or the class names
           drop_empty_edges: bool = True, # leave out the label-free slices at both ends of a labelled scan
-          pattern: str = _SCANS, # glob of the scans (files named like a label volume are never scans)
+          pattern: str = SCANS, # glob of the scans (files named like a label volume are never scans)
           n_workers: int = 0, # processes (0: in this one)
           progress: bool = True, # progress bar
          ) -> pd.DataFrame:
@@ -516,7 +515,7 @@ def score(preds: str | Path, # folder of predicted label volumes (`predict` of a
           volumes: str | Path, # folder of the true label volumes (and their scans), as given to `slice`
           dest: str | Path | None = None, # CSV for the table (default: `VolumeDir(preds).scores`)
           codes: str | Sequence[str] = 'spine', # a `pneumokit.volumes.CODE_SETS` name, or the class names
-          pattern: str = _SCANS, # glob of the scans under `volumes`
+          pattern: str = SCANS, # glob of the scans under `volumes`
          ) -> pd.DataFrame:
     "Per case and class: 3D Dice, IoU, pixel accuracy, TP/FP/FN voxels of the predictions (classes in neither left out), as CSV."
     pred, codes = VolumeDir(preds), get_codes(codes)

@@ -25,10 +25,10 @@ from .metrics import per_class_scores, volume_dice
 from .models import _check_models
 
 # %% auto #0
-__all__ = ['SPINE_CODES', 'CODE_SETS', 'VOLUME_CHECKS', 'get_codes', 'find_volume_pairs', 'read_volume_pair', 'write_nifti',
-           'make_synthetic_spine', 'is_volume_folder', 'audit_volumes', 'slice_volumes', 'read_slice_cache',
-           'unlabelled_cases', 'split_cases', 'case_folds', 'predict_slices', 'reassemble', 'predict_volumes',
-           'case_dice', 'case_scores']
+__all__ = ['SPINE_CODES', 'CODE_SETS', 'SCANS', 'VOLUME_CHECKS', 'get_codes', 'find_volume_pairs', 'read_volume_pair',
+           'write_nifti', 'make_synthetic_spine', 'is_volume_folder', 'audit_volumes', 'slice_volumes',
+           'read_slice_cache', 'unlabelled_cases', 'split_cases', 'case_folds', 'predict_slices', 'reassemble',
+           'predict_volumes', 'case_dice', 'case_scores']
 
 # %% ../nbs/13c_volumes.ipynb #425ba1d4
 SPINE_CODES: list[str] = ['background', 'S', 'L5', 'L4', 'L3', 'L2', 'L1', 'T12', 'T11', 'T10', 'T9',
@@ -213,6 +213,8 @@ def make_synthetic_spine(dest: str | Path, # folder for `MR/Case<i>.nii.gz` and 
     return dest
 
 # %% ../nbs/13c_volumes.ipynb #e3bc4155
+SCANS = '*.nii*'  # the scans of a folder of test or training volumes: every NIfTI file (`.nii.gz`, `.nii`) not named like a label
+
 VOLUME_CHECKS = {
     'no label': 'a scan without its label volume: it can be predicted, not trained on',
     'no image': 'a label volume without its scan',
@@ -223,7 +225,7 @@ VOLUME_CHECKS = {
 
 def is_volume_folder(folder: str | Path) -> bool:
     "Whether `folder` is a folder holding NIfTI files (a volume folder rather than DICOMs or a PNG set)."
-    return Path(folder).is_dir() and any(p.name.endswith(_NII) for p in Path(folder).rglob('*.nii*'))
+    return Path(folder).is_dir() and any(p.name.endswith(_NII) for p in Path(folder).rglob(SCANS))
 
 def _pair_findings(r, n_classes: int) -> list[dict]:
     "The findings of one case (a row of `find_volume_pairs`)."
@@ -242,7 +244,7 @@ def _pair_findings(r, n_classes: int) -> list[dict]:
 
 def audit_volumes(folder: str | Path, # volume folder (see `find_volume_pairs`)
                   codes: str | Sequence[str] = 'spine', # a `CODE_SETS` name, or the class names (background first)
-                  pattern: str = '*.nii*', # glob of the scans (files named like a label volume are never scans)
+                  pattern: str = SCANS, # glob of the scans (files named like a label volume are never scans)
                   prefix: str = 'mask_', # a label volume is named `prefix` + its scan's name
                  ) -> pd.DataFrame:
     "Every case of a volume folder checked: one row per finding (`check` of `VOLUME_CHECKS`, case as `ImageId`, `file`, `reason`)."
