@@ -161,7 +161,8 @@ class SliceCacheDir(_Owner):
 class VolumeDir(_Owner):
     "A folder of label volumes: `mask_<case>.nii.gz` per case, and their per-class per-case scores `scores.csv`."
     scores = _file('scores.csv')
-    def mask(self, case: str) -> Path: return self.root/f'mask_{str(case).lower()}.nii.gz'
+    prefix = 'mask_'  # a label volume is named this + its scan's name (MRSpineSeg's rule; any letter case)
+    def mask(self, case: str) -> Path: return self.root/f'{self.prefix}{str(case).lower()}.nii.gz'
 
 # %% ../nbs/00b_layout.ipynb #1a0b0017
 _FOLD = re.compile(r'fold(\d+)')

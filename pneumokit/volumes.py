@@ -59,7 +59,7 @@ def _unpaired_error(missing: list[tuple[str, str]], folder: Path) -> FileNotFoun
 
 def find_volume_pairs(folder: str | Path, # searched recursively: flat, or MRSpineSeg's `MR/` and `Mask/` sub-folders
                       pattern: str = 'Case*.nii.gz', # glob of the image files
-                      prefix: str = 'mask_', # a label file is named `prefix` + its image's name (any letter case)
+                      prefix: str = VolumeDir.prefix, # a label file is named `prefix` + its image's name (any letter case)
                       require_labels: bool = True, # an image without a label file is an error (else its `label` is None)
                      ) -> pd.DataFrame:
     "One row per case (`case`, `image`, `label` paths), in the natural order of the case ids (Case2 before Case10)."
@@ -245,7 +245,7 @@ def _pair_findings(r, n_classes: int) -> list[dict]:
 def audit_volumes(folder: str | Path, # volume folder (see `find_volume_pairs`)
                   codes: str | Sequence[str] = 'spine', # a `CODE_SETS` name, or the class names (background first)
                   pattern: str = SCANS, # glob of the scans (files named like a label volume are never scans)
-                  prefix: str = 'mask_', # a label volume is named `prefix` + its scan's name
+                  prefix: str = VolumeDir.prefix, # a label volume is named `prefix` + its scan's name
                  ) -> pd.DataFrame:
     "Every case of a volume folder checked: one row per finding (`check` of `VOLUME_CHECKS`, case as `ImageId`, `file`, `reason`)."
     pairs, n = find_volume_pairs(folder, pattern, prefix, require_labels=False), len(get_codes(codes))
