@@ -51,7 +51,9 @@ from pneumokit.layout import RunDir, SiimDir
 from pneumokit.losses import get_loss
 from pneumokit.models import build_model
 from pneumokit.synthetic import make_mini_siim
-from pneumokit.train import Recipe, Stage, train_fold
+from pneumokit.cli import train_command
+from pneumokit.recipe import Recipe, Stage
+from pneumokit.train import train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = 'siim-1st-place'
@@ -367,10 +369,9 @@ class Check:
         cfg = dict(base=CONFIG, name='gpu-check-ddp', description='the 1st-place stages at one size, one epoch each',
                    model=dict(encoder=r.encoder), train=dict(top_k=1), stages=stages, data=dict(folds=[0]))
         (self.tmp/'ddp.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cmd = [sys.executable, '-m', 'pneumokit', 'train', str(self.tmp/'ddp.yaml'), str(self.tmp/'cache'),
-               str(self.tmp/'folds.csv'), str(self.tmp/'run_ddp'), '--fold', '0', '--distributed', '--no-tensorboard',
-               *(['--workers', str(a.workers)] if a.workers is not None else []),
-               *([] if self.cuda else ['--device', 'cpu', '--processes', '1'])]
+        cmd = [sys.executable, *train_command(self.tmp/'ddp.yaml', self.tmp/'cache', self.tmp/'folds.csv', self.tmp/'run_ddp', fold=0,
+                                              device=None if self.cuda else 'cpu', workers=a.workers, tensorboard=False, distributed=True,
+                                              processes=None if self.cuda else 1)]
         print(' '.join(cmd[1:]), flush=True)
         t0 = time.monotonic()
         res = _run(cmd, timeout=deadline - time.monotonic())

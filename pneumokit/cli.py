@@ -23,8 +23,8 @@ from .layout import VolumeDir
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit',
-           'export', 'configs', 'demo', 'run_command', 'main']
+__all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train_command', 'train', 'search', 'predict',
+           'score', 'submit', 'export', 'configs', 'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -39,15 +39,6 @@ def _existing(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.exists(): raise CliError(f"{what} not found: {p}")
     return p
-
-def _without_option(argv: list[str], opt: str) -> list[str]:
-    "`argv` without `opt` and the value after it (`--opt v` or `--opt=v`)."
-    out, skip = [], False
-    for a in argv:
-        if skip: skip = False
-        elif a == opt: skip = True
-        elif not a.startswith(opt + '='): out.append(a)
-    return out
 
 def _config(name: str):
     "A config by name or file; a CliError naming the choices when it is neither."
@@ -153,10 +144,31 @@ def _n_processes(processes: int | None) -> int:
     "DDP processes for `--distributed`: as asked, else one per GPU, at least 2 on a machine without one."
     return check_int('processes', processes) if processes is not None else (torch.cuda.device_count() or 2)
 
-def _relaunch(processes: int | None) -> None:
-    "Run this same `pneumokit train` command as DDP processes; a CliError when they fail."
+def train_command(config: str | Path, # a shipped config name or a YAML file
+                  cache: str | Path, # the cache
+                  folds: str | Path, # the folds CSV
+                  run: str | Path, # the run folder
+                  fold: int | None = None, # train only this fold
+                  resume: bool = False, # continue a killed run
+                  device: str | None = None, # 'cpu', 'cuda', 'cuda:1'
+                  workers: int | None = None, # DataLoader workers
+                  tensorboard: bool = True, # write TensorBoard logs
+                  wandb: bool = False, # also log to W&B
+                  distributed: bool = False, # DDP (the launched processes train; see `train`)
+                  processes: int | None = None, # with `distributed`: processes on this machine (the launched ones need none)
+                 ) -> list[str]:
+    "`pneumokit train` with these arguments, as what follows the Python executable: the one place its command line is spelled."
+    opts = dict(fold=fold, device=device, workers=workers, processes=processes)
+    flags = dict(resume=resume, no_tensorboard=not tensorboard, wandb=wandb, distributed=distributed)
+    return ['-m', 'pneumokit', 'train', *map(str, (config, cache, folds, run)),
+            *[a for k, v in opts.items() if v is not None for a in (f'--{k}', str(v))],
+            *[f"--{k.replace('_', '-')}" for k, v in flags.items() if v]]
+
+def _relaunch(cmd: list[str], # the command every process runs (`train_command`)
+              processes: int | None) -> None:
+    "Run `cmd` as DDP processes; a CliError when they fail."
     n = _n_processes(processes)
-    res = launch(['-m', 'pneumokit', 'train', *_without_option(sys.argv[1:], '--processes')], num_processes=n)
+    res = launch(cmd, num_processes=n)
     if res.returncode: raise CliError(f"the {n} DDP processes failed (exit {res.returncode}); their output is above")
 
 @call_parse
@@ -175,7 +187,8 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
          ) -> pd.DataFrame | None:
     "Train a config's folds (frozen then unfrozen stages, top-k checkpoints, out-of-fold maps); resumable."
     cfg = _config(config)
-    if distributed and not is_launched() and _n_processes(processes) > 1: return _relaunch(processes)
+    if distributed and not is_launched() and _n_processes(processes) > 1:  # built from the arguments, not `sys.argv`
+        return _relaunch(train_command(config, cache, folds, run, fold, resume, device, workers, not no_tensorboard, wandb, True), processes)
     summary = pipeline.train(cfg, _existing(cache, pipeline.data_kind(cfg).cache), _existing(folds, 'folds file'), run, fold=fold,
                              resume=resume, device=device, n_workers=workers, tensorboard=not no_tensorboard,
                              wandb=wandb, distributed=distributed)

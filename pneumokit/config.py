@@ -5,7 +5,6 @@
 # %% ../nbs/14a_config.ipynb #fe48bef4
 from __future__ import annotations
 import importlib.resources
-import inspect
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -14,12 +13,11 @@ from typing import Any
 
 import yaml
 
-from .core import atomic_write, check_int, check_prob
+from .core import atomic_write, check_choice, check_int, check_prob
 from .inference import TTAS
-from .losses import LOSSES, MULTICLASS_LOSSES, get_loss
-from .models import check_encoder, check_weights, dry_build, get_arch, model_kwargs_names
+from .models import check_weights
 from .postprocess import THRESHOLD_RULES, ThresholdRule, get_rule, rule_from_dict
-from .train import RECIPE_SECTIONS, Recipe, Stage
+from .recipe import RECIPE_SECTIONS, Recipe, Stage
 
 # %% auto #0
 __all__ = ['DataConfig', 'InferenceConfig', 'ThresholdConfig', 'Config', 'config_from_dict', 'config_dir', 'list_configs',
@@ -33,12 +31,20 @@ class DataConfig:
     seed: int = 0  # split seed
     folds: list[int] | None = None  # folds to train; None: all
 
+    def __post_init__(self):
+        check_int('data.n_splits', self.n_splits, 2); check_int('data.seed', self.seed, 0)
+        for k in self.folds or []: check_int('data.folds', k, 0)
+
 @dataclass
 class InferenceConfig:
     "`inference:` — prediction of the test images."
     tta: str = 'hflip'  # a key of `pneumokit.inference.TTAS`
     size: int | None = None  # model input side; None: the last stage's size
     bs: int = 8  # batch size
+
+    def __post_init__(self):
+        check_choice('inference.tta', self.tta, TTAS); check_int('inference.bs', self.bs)
+        if self.size is not None: check_int('inference.size', self.size)
 
 _GRIDS = ('tops', 'areas', 'bottoms', 'ratios', 'cls_thresholds')  # the grid fields a rule's `grid_keys` name
 
@@ -52,6 +58,16 @@ class ThresholdConfig:
     ratios: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.3])  # kept fractions of images ('ratio')
     cls_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])  # image-level gates ('classifier')
     default: dict | None = None  # the rule's values when no search was run (e.g. a winner's published triplet)
+
+    def __post_init__(self):
+        "The rule's name, grid values in range and a `default` the rule accepts, before any training: a bad grid is not found after it."
+        check_choice('thresholds.rule', self.rule, THRESHOLD_RULES)
+        for k in ('tops', 'bottoms', 'ratios', 'cls_thresholds'):
+            for v in getattr(self, k): check_prob(f'thresholds.{k}', v)
+        for v in self.areas: check_int('thresholds.areas', v, 0)
+        if not all(self.grid()[k] for k in self.rule_type.grid_keys): raise ValueError(
+            f"`thresholds` rule {self.rule!r} searches {', '.join(self.rule_type.grid_keys)}: none of them may be empty")
+        self.default_rule()
 
     @property
     def rule_type(self) -> type[ThresholdRule]: return get_rule(self.rule)
@@ -134,52 +150,6 @@ def _plain(o):
     return o
 
 # %% ../nbs/14a_config.ipynb #9525942a
-def _check_registries(cfg: dict, src: str):
-    "Names that must be registry keys (the `Stage`s and the `Recipe` check theirs): errors list the valid ones."
-    def bad(where, v, valid): raise ValueError(f"{src}: `{where}` is {v!r}; valid: {', '.join(map(str, valid))}")
-    m = cfg.get('model', {})
-    try: get_arch(m.get('arch', 'Unet'))
-    except (KeyError, ValueError) as e: raise ValueError(f"{src}: `model.arch`: {e}") from None
-    try: check_encoder(m.get('encoder', 'resnet34'))
-    except KeyError as e: raise ValueError(f"{src}: `model.encoder`: {str(e).strip(chr(34))}") from None
-    if cfg.get('inference', {}).get('tta', 'hflip') not in TTAS: bad('inference.tta', cfg['inference']['tta'], TTAS)
-    if cfg.get('thresholds', {}).get('rule', 'triplet') not in THRESHOLD_RULES: bad('thresholds.rule', cfg['thresholds']['rule'], THRESHOLD_RULES)
-
-def _check_thresholds(t: ThresholdConfig, src: str):
-    "Grid values in range and a `default` the rule accepts, before any training: a bad grid is not found after it."
-    try:
-        for k in ('tops', 'bottoms', 'ratios', 'cls_thresholds'):
-            for v in getattr(t, k): check_prob(f'thresholds.{k}', v)
-        for v in t.areas: check_int('thresholds.areas', v, 0)
-        if not all(t.grid()[k] for k in t.rule_type.grid_keys): raise ValueError(
-            f"`thresholds` rule {t.rule!r} searches {', '.join(t.rule_type.grid_keys)}: none of them may be empty")
-        t.default_rule()
-    except ValueError as e: raise ValueError(f"{src}: {e}") from None
-
-_NOT_KWARGS = dict(classes='set `model.classes` instead',  # the recipe's `classes` would silently win
-                   activation="the model must output logits: `model.mode` chooses the activation")
-
-def _check_model(r: Recipe, src: str):
-    "`model.kwargs`: keys the architecture takes (an smp class drops unknown ones silently), and a model smp and timm can build."
-    valid = [k for k in model_kwargs_names(r.arch) if k not in _NOT_KWARGS]
-    for k in r.model_kwargs:
-        if k in _NOT_KWARGS: raise ValueError(f"{src}: `model.kwargs.{k}`: {_NOT_KWARGS[k]}")
-        if k not in valid and not r.encoder.startswith('tu-'):  # a 'tu-' encoder takes timm's keys too: the build checks them
-            raise ValueError(f"{src}: unknown key `model.kwargs.{k}` for {get_arch(r.arch).__name__}; valid keys: {', '.join(valid)}")
-    try: dry_build(r.arch, r.encoder, classes=r.classes, **r.model_kwargs)
-    except ValueError as e: raise ValueError(f"{src}: `model.kwargs`: {e}") from None
-
-def _check_losses(r: Recipe, src: str):
-    "Each stage's loss built with its `loss_kwargs` (cheap): an unknown key or a bad value fails now, not after the run folder exists."
-    for i, s in enumerate(r.stages):
-        try: get_loss(s.loss, mode=r.mode, **s.loss_kwargs)
-        except ValueError as e: raise ValueError(f"{src}: `stages[{i}].loss_kwargs`: {e}") from None
-        except TypeError as e:
-            valid = list(inspect.signature(dict(binary=LOSSES, multiclass=MULTICLASS_LOSSES)[r.mode][s.loss]).parameters)
-            if not (bad := [k for k in s.loss_kwargs if k not in valid]): raise ValueError(f"{src}: `stages[{i}].loss_kwargs`: {e}") from None
-            raise ValueError(f"{src}: unknown key `stages[{i}].loss_kwargs.{bad[0]}` for the {r.mode} loss {s.loss!r}; "
-                             f"valid keys: {', '.join(valid) or 'none'}") from None
-
 def _check_stages(stages, src: str) -> list[dict]:
     if not isinstance(stages, list) or not stages: raise ValueError(f"{src}: `stages` must be a non-empty list of stages, got {stages!r}")
     return [_check_section(s, f'stages[{i}]', src) for i, s in enumerate(stages)]
@@ -192,15 +162,11 @@ def config_from_dict(d: dict, # the parsed YAML (after `base:` merging)
     if unknown := [k for k in d if k not in _TOP]: raise ValueError(f"{src}: unknown key `{unknown[0]}`; valid keys: {', '.join(_TOP)}")
     secs = {k: _check_section(d.get(k), k, src) for k in (*RECIPE_SECTIONS, *_SECTIONS)}
     stages = _check_stages(d.get('stages'), src)
-    _check_registries(dict(secs, stages=stages), src)
-    try:
-        recipe = Recipe.from_dict(dict(secs, stages=stages))
-        cfg = Config(name=str(d.get('name') or Path(src).stem), recipe=recipe, data=DataConfig(**secs['data']),
+    try:  # each object checks itself where it is built: its message, with the file in front
+        return Config(name=str(d.get('name') or Path(src).stem), recipe=Recipe.from_dict(dict(secs, stages=stages)), data=DataConfig(**secs['data']),
                      inference=InferenceConfig(**secs['inference']), thresholds=ThresholdConfig(**secs['thresholds']),
                      description=str(d.get('description') or ''), expected=dict(d.get('expected') or {}), source=src)
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
-    _check_model(recipe, src); _check_losses(recipe, src); _check_thresholds(cfg.thresholds, src)
-    return cfg
 
 # %% ../nbs/14a_config.ipynb #89600328
 def config_dir() -> Path:

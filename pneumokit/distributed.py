@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import yaml
 
+from .cli import train_command
 from .config import Config
 from .core import check_int, default_workers, write_bytes_atomic
 from .folds import load_folds
@@ -58,10 +59,8 @@ def _slots(gpus: Sequence[int] | None, n_procs: int | None) -> list[dict]:
 def _fold_cmd(run: RunDir, cache: CacheDir, folds: Path, fold: int, resume: bool, n_workers: int | None,
               tensorboard: bool, wandb: bool = False) -> list[str]:
     "The `pneumokit train` command that trains `fold` alone, with the run's own config."
-    return [sys.executable, '-m', 'pneumokit', 'train', str(run.config), str(cache.root), str(folds), str(run.root),
-            '--fold', str(fold), *(['--resume'] if resume else []), *(['--no-tensorboard'] if not tensorboard else []),
-            *(['--wandb'] if wandb else []),
-            *(['--workers', str(n_workers)] if n_workers is not None else [])]
+    return [sys.executable, *train_command(run.config, cache.root, folds, run.root, fold=fold, resume=resume, workers=n_workers,
+                                           tensorboard=tensorboard, wandb=wandb)]
 
 # %% ../nbs/21_distributed.ipynb #87225cb2
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:

@@ -24,7 +24,7 @@ from .dicom import image_id_of, list_dicoms, read_dicom
 from .layout import RunDir, maps_cls, maps_ids
 from .png import read_image
 from .models import _check_models, ensemble_outputs, mean_probs
-from .train import Recipe, load_checkpoints
+from .recipe import Recipe, load_checkpoints
 
 # %% auto #0
 __all__ = ['TTAS', 'get_tta', 'tta_outputs', 'tta_probs', 'normalise', 'DicomDataset', 'predict_dl', 'dicom_files',
@@ -310,9 +310,10 @@ def _fold_checkpoints(run: RunDir, k: int) -> list[Path]:
 def load_fold_models(run_dir: str | Path | RunDir, # a `train_fold`/`train_kfold` run folder
                      folds: Sequence[int] | None = None, # which folds (default: every finished fold)
                      device: str | torch.device | None = None, # default: `get_device()`
+                     recipe: Recipe | None = None, # the run's recipe, when the caller has read its config already (default: read it)
                     ) -> list[nn.Module]:
     "Every top-k checkpoint of the chosen folds, rebuilt from the run's recipe, in eval mode on `device`."
     run = RunDir(run_dir)
     ks = _fold_ids(run, folds)
-    recipe = Recipe.from_dict(run.read_config())
+    recipe = recipe or Recipe.from_dict(run.read_config())
     return [m for k in ks for m in load_checkpoints(recipe, _fold_checkpoints(run, k), device)]

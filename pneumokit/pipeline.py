@@ -156,7 +156,6 @@ class DataKind:
     folds: Callable  # (folds file) -> the folds table the fold trainer reads
     started: Callable  # (run, cache) -> None: what a new or resumed run records beside its config
     predict: Callable  # (models, inputs, dest, cfg, run, device) -> (one row per prediction, where they went)
-    thresholds: bool = True  # its predictions are probabilities that a threshold rule turns into masks (`search`, `submit`)
 
 def _png_check(cfg: Config, cache):
     if missing := [s for s in cfg.sizes if s not in CacheDir(cache).sizes()]:
@@ -202,7 +201,7 @@ def _predict_scans(models, scans, dest, cfg: Config, run: RunDir, device):
 
 
 DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict),
-                  multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans, thresholds=False))
+                  multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans))
 
 def data_kind(cfg: Config, # a config
              ) -> DataKind:
@@ -265,7 +264,7 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
     "Score the config's threshold rule over its grid on the out-of-fold maps; save the table, the best rule and the plot."
     run = RunDir(run)
     cfg = as_config(cfg) if cfg is not None else run_config(run)
-    if not data_kind(cfg).thresholds: raise ValueError(f"{run.root} predicts label maps (the argmax of its {cfg.recipe.mode} model): "
+    if not cfg.recipe.task.thresholds: raise ValueError(f"{run.root} predicts label maps (the argmax of its {cfg.recipe.mode} model): "
                                                        "no threshold to search; `score` its predicted volumes")
     ids, maps = run.load_oof()
     size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
@@ -289,9 +288,10 @@ def predict(run: str | Path | RunDir, # run folder (from `train`)
            ) -> tuple[pd.DataFrame, Path]:
     "Fold × top-k checkpoint ensemble with the config's TTA on every DICOM; maps streamed to a uint8 `.npy`."
     run = RunDir(run)
-    cfg = as_config(cfg) if cfg is not None else run_config(run)
+    own = run_config(run)  # the run's config, read once: its recipe rebuilds the models
+    cfg = as_config(cfg) if cfg is not None else own
     get_device(device)
-    models = load_fold_models(run, folds, device)
+    models = load_fold_models(run, folds, device, recipe=own.recipe)
     return data_kind(cfg).predict(models, dicoms, dest, cfg, run, device)
 
 def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved rule file (or its run folder), or a dict like it
@@ -347,11 +347,11 @@ def export(run: str | Path | RunDir, # run folder (from `train`, best after `sea
     "The run's fold × top-k ensemble with its TTA as one file a kernel loads with torch alone, a sidecar with the rule, and the offline kernel."
     run = RunDir(run)
     cfg = run_config(run)
-    if cfg.recipe.mode != 'binary': raise ValueError(f"{run.root} is a {cfg.recipe.mode} run: export writes binary (sigmoid) ensembles only")
+    if not cfg.recipe.task.exports: raise ValueError(f"{run.root} is a {cfg.recipe.mode} run: export writes binary (sigmoid) ensembles only")
     if folds is not None and (absent := [k for k in folds if not run.fold(k).root.is_dir()]):
         raise FileNotFoundError(f"{run.root} has no fold {absent[0]}; its folds: {', '.join(map(str, run.fold_ids())) or 'none'}")
     rule, size = _rule_at(run if thresholds is None else thresholds)
-    models = load_fold_models(run, folds, 'cpu')
+    models = load_fold_models(run, folds, 'cpu', recipe=cfg.recipe)
     source = dict(run=str(run.root.resolve()), folds=list(folds) if folds is not None else run.fold_ids('summary'))
     return export_ensemble(models, dest, size=cfg.predict_size, rule=rule, tta=cfg.inference.tta, rule_size=size, onnx=onnx,
                            bs=cfg.inference.bs, source=source)

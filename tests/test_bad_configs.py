@@ -134,3 +134,22 @@ def test_size_check_without_mounting(tmp_path):
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(ValueError, match='needs'): check_dest(tmp_path/'m.npy', 'maps', size=free + 1)
     assert check_dest(tmp_path/'m.npy', 'maps', size=1) == tmp_path/'m.npy'
+
+
+@pytest.mark.parametrize('build, yaml_text, msg', [
+    (lambda: __import__('pneumokit.recipe').recipe.Recipe([{}], arch='Unett'), 'base: demo\nmodel: {arch: Unett}\n',
+     "`model.arch`: Unknown architecture 'Unett'; valid: Unet"),
+    (lambda: __import__('pneumokit.recipe').recipe.Stage(sched='nope'), 'base: demo\nstages:\n  - {size: 64, sched: nope}\n',
+     "`sched` is 'nope'; valid: one_cycle, cosine"),
+    (lambda: __import__('pneumokit.config').config.InferenceConfig(tta='nope'), 'base: demo\ninference: {tta: nope}\n',
+     "`inference.tta` is 'nope'; valid: none, hflip"),
+])
+def test_definitions_fail_where_built_with_the_yaml_message(tmp_path, build, yaml_text, msg):
+    "Issue 19: a recipe, a stage and inference settings check themselves when built, from Python or YAML, with one message."
+    with pytest.raises(ValueError) as e: build()
+    assert msg in str(e.value), str(e.value)
+    cfg = tmp_path/'bad.yaml'
+    cfg.write_text(yaml_text)
+    with pytest.raises(ValueError) as y: load_config(cfg)
+    assert str(y.value).startswith(f'{cfg}: ') and msg in str(y.value), str(y.value)
+    assert str(e.value) in str(y.value)  # the same message, the file in front (a stage's adds its index)

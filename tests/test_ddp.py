@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
-from pneumokit.train import Recipe, Stage, train_fold
+from pneumokit.recipe import Recipe, Stage
+from pneumokit.train import train_fold
 
 class Probe(Callback):
     "Each rank's weights after its first optimizer step and at the end, its training shard's indices, its metrics."
@@ -88,7 +89,8 @@ def test_metric_equals_single_process(ddp_run):
     from fastai.learner import Learner
     from pneumokit.data import siim_dataloaders
     from pneumokit.losses import get_loss
-    from pneumokit.train import Recipe, _metrics, load_checkpoints
+    from pneumokit.recipe import Recipe, load_checkpoints
+    from pneumokit.train import _metrics
     d, folds, ranks = ddp_run
     assert (folds.fold == 0).sum() % 2 == 1  # an odd validation fold: the second shard is padded
     from pneumokit.layout import RunDir

@@ -8,7 +8,8 @@ SCRIPT = '''
 import sys
 from pathlib import Path
 import pandas as pd
-from pneumokit.train import Recipe, Stage, train_fold
+from pneumokit.recipe import Recipe, Stage
+from pneumokit.train import train_fold
 d = Path(sys.argv[1])
 recipe = Recipe([Stage(size=64, epochs=2, bs=8, lr=3e-3, frozen=True, loss='bce', aug='none'),
                  Stage(size=64, epochs=4, bs=8, lr=(1e-4, 1e-3), loss='combo', aug='siim-1st', pos_frac=0.5)],
