@@ -8,7 +8,7 @@ STAMP := $(VENV)/.pneumokit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 NB_WORKERS ?= 2
 
-.PHONY: install demo test check-nbdev nbtest pytest bench gpu-check readme clean browser-deps test-browser test-fresh screenshots
+.PHONY: install demo test check-nbdev nbtest pytest bench gpu-check readme clean browser-deps test-browser test-fresh screenshots test-old-torch
 # Python Playwright drives Debian's Chromium (apt); it never downloads a browser.
 PLAYWRIGHT := playwright==1.65.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -56,6 +56,19 @@ test-fresh: $(STAMP)
 # Retake the README's screenshots (docs/screenshots) with the browser test; commit them with the change that moved them.
 screenshots: browser-deps
 	OMP_NUM_THREADS=1 PNEUMOKIT_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py -k tutorial
+
+# The exported kernel on an older torch, as a Kaggle image may hold: a venv outside the repository (reused by later runs)
+# with torch $(OLD_TORCH) from the package index (about 2.5 GB to download with its CUDA libraries, 5.6 GB installed) and
+# the kernel's other packages only, then tests/test_export.py::test_kernel_on_old_torch. Not part of `make test`.
+OLD_TORCH ?= 2.6.0
+OLD_TORCH_VENV ?= $(HOME)/.cache/pneumokit/kernel-torch-$(OLD_TORCH)
+KERNEL_PACKAGES := numpy pandas pydicom pylibjpeg pylibjpeg-libjpeg opencv-python-headless
+
+test-old-torch: $(STAMP)
+	test -f $(OLD_TORCH_VENV)/.pneumokit-kernel-installed || { rm -rf $(OLD_TORCH_VENV) && $(PYTHON) -m venv $(OLD_TORCH_VENV) \
+	  && $(OLD_TORCH_VENV)/bin/python -m pip install -q 'torch==$(OLD_TORCH)' $(KERNEL_PACKAGES) \
+	  && touch $(OLD_TORCH_VENV)/.pneumokit-kernel-installed; }
+	OMP_NUM_THREADS=1 PNEUMOKIT_OLD_TORCH_PYTHON=$(OLD_TORCH_VENV)/bin/python $(BIN)/python -m pytest tests/test_export.py -k old_torch
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -278,7 +278,8 @@ def export(run: str, # run folder (`pneumokit train`, best after `pneumokit sear
     ed = pipeline.export(_existing(run, 'run folder'), dest, list(_ints(folds, '--folds')) if folds else None, onnx,
                          _existing(thresholds, 'thresholds') if thresholds else None)
     m = ed.read_sidecar()
-    print(f"{m['n_models']} models x {m['tta']} TTA -> {ed.model} (largest difference from pneumokit's ensemble {m['max_abs_diff']:.2g})")
+    print(f"{m['n_models']} models x {m['tta']} TTA -> {ed.model} and {ed.torchscript.name} (largest difference from pneumokit's ensemble {m['max_abs_diff']:.2g})")
+    print(f"loads on torch >= {m['oldest_torch']['pt2']} ({ed.model.name}), >= {m['oldest_torch']['torchscript']} ({ed.torchscript.name}; measured, see pneumokit.export.MEASURED_OLDEST_TORCH)")
     print(f"in a kernel: python {ed.kernel} {ed.sidecar} DICOM_FOLDER submission.csv")
     return ed.root
 

@@ -36,7 +36,8 @@ def _hflip(t: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor: 
 def _vflip(t: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor: return t.flip(-2)
 def _hvflip(t: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor: return t.flip(-2, -1)
 
-def _snap(n: int, s: float, mult: int = 32) -> int: return max(mult, int(round(n * s / mult)) * mult)
+# int(n): under `torch.jit.trace` a shape is a tensor; the export's fixed image size makes it a constant (`pneumokit.export`)
+def _snap(n: int, s: float, mult: int = 32) -> int: return max(mult, int(round(int(n) * s / mult)) * mult)
 
 def _rescale(t: torch.Tensor, hw: tuple[int, int] | None = None, scale: float = 1.) -> torch.Tensor:
     "Resize `t` to `hw` (an inverse), or by `scale` snapped to a multiple of 32 (a forward)."

@@ -389,8 +389,9 @@ def read_maps(maps: str | Path, # a `.npy` of probability maps written by `predi
 
 # %% ../nbs/00b_layout.ipynb #85479dd8
 class ExportDir(_Owner):
-    "An exported ensemble: `model.pt2` (`torch.export`), `model.onnx` (optional), the sidecar `export.json`, the kernel `pneumokit_kernel.py`."
+    "An exported ensemble: `model.pt2` (`torch.export`), `model.torchscript.pt` (traced, for older torch), `model.onnx` (optional), the sidecar `export.json`, the kernel `pneumokit_kernel.py`."
     model = _file('model.pt2')
+    torchscript = _file('model.torchscript.pt')
     onnx = _file('model.onnx')
     sidecar = _file('export.json')
     kernel = _file('pneumokit_kernel.py')

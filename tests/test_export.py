@@ -1,7 +1,8 @@
-"""`pneumokit export`: a trained run's ensemble as one `.pt2` whose maps equal `pneumokit predict`'s, and the kernel it
-writes beside it, run in a fresh virtual environment holding only torch, numpy, pandas, pydicom (+ its JPEG plugin) and
-OpenCV — no pneumokit, fastai or smp — writes the submission `pneumokit submit` writes, which the validator accepts."""
-import json, os, subprocess, sys
+"""`pneumokit export`: a trained run's ensemble as one `.pt2` (and its TorchScript twin) whose maps equal `pneumokit predict`'s,
+and the kernel it writes beside it, run in a fresh virtual environment holding only torch, numpy, pandas, pydicom (+ its
+JPEG plugin) and OpenCV — no pneumokit, fastai or smp — writes the submission `pneumokit submit` writes, which the
+validator accepts. `make test-old-torch` runs that kernel on an older torch (2.6.0 from the package index)."""
+import json, os, subprocess, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def trained(tmp_path_factory):
     pipeline.search(d/'run')
     run_cli('predict', d/'run', mini/'dicom-images-test', '--dest', d/'probs.npy', '--device', 'cpu', env=ENV)
     run_cli('submit', d/'probs.npy', d/'submission.csv', '--thresholds', d/'run', '--sample', mini/'sample_submission.csv', env=ENV)
-    out = run_cli('export', d/'run', d/'export', env=ENV).stdout
-    assert 'largest difference' in out and 'pneumokit_kernel.py' in out
+    res = run_cli('export', d/'run', d/'export', env=ENV)
+    assert 'largest difference' in res.stdout and 'pneumokit_kernel.py' in res.stdout and 'loads on torch >= ' in res.stdout
+    assert 'jit' not in res.stderr and 'TracerWarning' not in res.stderr, res.stderr[-2000:]  # tracing's deprecation stays quiet
     return d, mini
 
 
@@ -68,6 +70,31 @@ def test_export_maps_equal_predict(trained):
         with torch.no_grad(): p, = program(x)
         assert np.abs(p.numpy() - tta_outputs(models, normalise(x), 'hflip')[0].numpy()).max() == 0  # float32: largest difference 0
     assert meta['max_abs_diff'] == 0 and meta['bs'] == 4  # the config's batch size: the kernel batches as `predict` does
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ts = kernel.Ensemble(ed.sidecar, 'torchscript', device='cpu')  # what an older torch runs
+    assert not [w for w in caught if 'jit' in str(w.message)], [str(w.message) for w in caught]
+    np.testing.assert_array_equal(kernel.predict(ts, mini/'dicom-images-test', bs=meta['bs'])[1], np.load(d/'probs.npy'))
+
+
+def _loose(d: Path, ed, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    "The small run's searched rule empties every image: a copy of the sidecar with a looser rule (files named absolutely), and `submit`'s submission under that rule."
+    from pneumokit.postprocess import rule_from_dict
+    rule = dict(rule='triplet', top=0.5, area=20, bottom=0.49, size=64)
+    (tmp_path/'rule.json').write_text(json.dumps(rule))
+    run_cli('submit', d/'probs.npy', tmp_path/'ref-loose.csv', '--thresholds', tmp_path/'rule.json', env=ENV)
+    loose = tmp_path/'loose.json'
+    loose.write_text(json.dumps({**ed.read_sidecar(), 'model': str(ed.model), 'torchscript': str(ed.torchscript),
+                                 'rule': rule_from_dict(rule).scaled(16 ** 2).to_dict()}))
+    ref = pd.read_csv(tmp_path/'ref-loose.csv', dtype=str, keep_default_na=False)
+    assert (ref.EncodedPixels != '-1').sum() >= 2, ref
+    return loose, ref
+
+
+def _same_submission(path: Path, ref: pd.DataFrame, sample: Path):
+    from pneumokit.submission import validate_submission
+    sub = validate_submission(path, sample)
+    pd.testing.assert_frame_equal(sub.sort_values('ImageId', ignore_index=True), ref.sort_values('ImageId', ignore_index=True))
 
 
 def _requirements(dist: str, seen: set) -> set:
@@ -105,7 +132,6 @@ def _kernel_image(root: Path) -> Path:
 def test_kernel_runs_without_pneumokit(trained, tmp_path):
     "A fresh venv that sees only the kernel's packages: pneumokit, fastai and smp do not import; the kernel writes `submit`'s submission."
     from pneumokit.layout import ExportDir
-    from pneumokit.submission import validate_submission
     d, mini = trained
     ed = ExportDir(d/'export')
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(tmp_path/'venv')], check=True)
@@ -124,23 +150,78 @@ def test_kernel_runs_without_pneumokit(trained, tmp_path):
     r = subprocess.run([str(py), str(ed.kernel), str(ed.sidecar), str(mini/'dicom-images-test'), str(tmp_path/'sub.csv')],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert '5 images' in r.stdout
-    sub = validate_submission(tmp_path/'sub.csv', mini/'sample_submission.csv')
-    ref = pd.read_csv(d/'submission.csv', dtype=str, keep_default_na=False)
-    pd.testing.assert_frame_equal(sub.sort_values('ImageId', ignore_index=True), ref.sort_values('ImageId', ignore_index=True))
-    # the small run's searched rule empties every image: a looser rule in a copy of the sidecar draws masks through the same path
-    from pneumokit.postprocess import rule_from_dict
-    rule = dict(rule='triplet', top=0.5, area=20, bottom=0.49, size=64)
-    (tmp_path/'rule.json').write_text(json.dumps(rule))
-    run_cli('submit', d/'probs.npy', tmp_path/'ref-loose.csv', '--thresholds', tmp_path/'rule.json', env=ENV)
-    loose = tmp_path/'loose.json'
-    loose.write_text(json.dumps({**ed.read_sidecar(), 'model': str(ed.model), 'rule': rule_from_dict(rule).scaled(16 ** 2).to_dict()}))
+    assert '5 images' in r.stdout and f'({ed.model.name} on torch ' in r.stdout  # this torch runs the .pt2
+    _same_submission(tmp_path/'sub.csv', pd.read_csv(d/'submission.csv', dtype=str, keep_default_na=False), mini/'sample_submission.csv')
+    loose, ref = _loose(d, ed, tmp_path)  # masks drawn through the same path
     r = subprocess.run([str(py), str(ed.kernel), str(loose), str(mini/'dicom-images-test'), str(tmp_path/'loose.csv')],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    ref = pd.read_csv(tmp_path/'ref-loose.csv', dtype=str, keep_default_na=False)
-    assert (ref.EncodedPixels != '-1').sum() >= 2, ref
-    pd.testing.assert_frame_equal(validate_submission(tmp_path/'loose.csv', mini/'sample_submission.csv'), ref)
+    _same_submission(tmp_path/'loose.csv', ref, mini/'sample_submission.csv')
+
+
+def test_kernel_on_a_torch_too_old(trained, tmp_path):
+    "A torch older than every file's floor: the kernel ends on one line naming its torch, the torch each file needs and the fix."
+    import torch
+    from pneumokit import kernel
+    from pneumokit.layout import ExportDir
+    d, mini = trained
+    ed = ExportDir(d/'export')
+    meta = ed.read_sidecar()
+    old = tmp_path/'future.json'  # as if exported by a future torch whose files need more than this one
+    old.write_text(json.dumps({**meta, 'model': str(ed.model), 'torchscript': str(ed.torchscript), 'oldest_torch': {'pt2': '99.1', 'torchscript': '99.0'}}))
+    with pytest.raises(SystemExit) as e: kernel.main([str(old), str(mini/'dicom-images-test'), str(tmp_path/'sub.csv')])
+    msg = str(e.value.code)
+    assert len(msg.splitlines()) == 1 and f"this kernel's torch {torch.__version__} cannot load this export" in msg, msg
+    assert 'model.pt2 needs torch >= 99.1' in msg and 'model.torchscript.pt needs torch >= 99.0' in msg and 'torch==99.0` first' in msg, msg
+    assert not (tmp_path/'sub.csv').exists()
+
+
+OLD_TORCH_PYTHON = os.environ.get('PNEUMOKIT_OLD_TORCH_PYTHON')
+
+
+@pytest.mark.skipif(not OLD_TORCH_PYTHON, reason='opt-in: `make test-old-torch` (a venv with torch 2.6.0 from the package index, ~2.5 GB)')
+def test_kernel_on_old_torch(trained, tmp_path):
+    """The kernel in a venv holding an older torch (`make test-old-torch`: torch 2.6.0, numpy, pandas, pydicom + pylibjpeg and
+    OpenCV only) runs the TorchScript file, gives `predict`'s maps and `submit`'s submission, cannot load the `.pt2`, and
+    this torch is the one `MEASURED_OLDEST_TORCH` records; an export without the TorchScript file ends on one line."""
+    from pneumokit.export import MEASURED_OLDEST_TORCH
+    from pneumokit.layout import ExportDir, maps_ids
+    d, mini = trained
+    ed, dicoms, sample = ExportDir(d/'export'), mini/'dicom-images-test', mini/'sample_submission.csv'
+    meta = ed.read_sidecar()
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')} | ENV
+    run = lambda *a: subprocess.run([OLD_TORCH_PYTHON, *map(str, a)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = run('-c', 'import torch; print(torch.__version__)')
+    assert r.returncode == 0, r.stderr[-2000:]
+    old = r.stdout.split()[-1].split('+')[0]
+    for mod in FORBIDDEN: assert 'ModuleNotFoundError' in run('-c', f'import {mod}').stderr, mod
+    r = run('-c', f'import torch; torch.export.load({str(ed.model)!r})')
+    assert r.returncode != 0, f'torch {old} loads a torch {meta["torch"]} .pt2: its floor in MEASURED_OLDEST_TORCH may be lowered'
+    assert meta['oldest_torch']['torchscript'] == old, (
+        f"torch {old} ran the kernel below: record it in pneumokit.export.MEASURED_OLDEST_TORCH for torch {meta['torch'].split('+')[0]}")
+    assert MEASURED_OLDEST_TORCH[meta['torch'].split('+')[0]]['torchscript'] == old
+    r = run(ed.kernel, ed.sidecar, dicoms, tmp_path/'sub.csv')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert '5 images' in r.stdout and f'({ed.torchscript.name} on torch {old}' in r.stdout, r.stdout  # the TorchScript file
+    assert r.stderr.strip() == '', r.stderr[-3000:]  # no deprecation or other noise
+    _same_submission(tmp_path/'sub.csv', pd.read_csv(d/'submission.csv', dtype=str, keep_default_na=False), sample)
+    code = (f'import sys, numpy as np; sys.path.insert(0, {str(ed.root)!r}); import pneumokit_kernel as K; '
+            f'm = K.Ensemble({str(ed.sidecar)!r}, device="cpu"); ids, maps, cls = K.predict(m, {str(dicoms)!r}, {meta["bs"]}); '
+            f'np.save({str(tmp_path/"maps.npy")!r}, maps); print(m.program, "|".join(ids))')
+    r = run('-c', code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[0] == 'torchscript' and r.stdout.split()[1].split('|') == pd.read_csv(maps_ids(d/'probs.npy')).ImageId.tolist()
+    np.testing.assert_array_equal(np.load(tmp_path/'maps.npy'), np.load(d/'probs.npy'))  # uint8 levels: largest difference 0
+    loose, ref = _loose(d, ed, tmp_path)
+    r = run(ed.kernel, loose, dicoms, tmp_path/'loose.csv')
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same_submission(tmp_path/'loose.csv', ref, sample)
+    before = tmp_path/'before.json'  # an export from before the TorchScript file: nothing this torch can load
+    before.write_text(json.dumps({k: v for k, v in {**meta, 'model': str(ed.model)}.items() if k not in ('torchscript', 'oldest_torch')}))
+    r = run(ed.kernel, before, dicoms, tmp_path/'none.csv')
+    assert r.returncode == 1 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert f"this kernel's torch {old}" in r.stderr and f'model.pt2 needs torch >= {meta["torch"]}' in r.stderr, r.stderr
+    assert not (tmp_path/'none.csv').exists()
 
 
 def test_export_bad_input(trained, tmp_path):

@@ -74,7 +74,7 @@ def test_imports_follow_the_ladder():
 
 ARTIFACT_NAMES = ['oof.npy', 'oof_ids.csv', 'summary.csv', 'summary.json', 'thresholds.json', 'thresholds.csv',
                   'config.yaml', 'run.json', 'state.json', 'history.csv', 'manifest.csv', 'images/', 'masks/',
-                  'slices.csv', 'cases.json', 'test_probs.npy', 'scores.csv', 'slicing.json', 'model.pt2', 'model.onnx',
+                  'slices.csv', 'cases.json', 'test_probs.npy', 'scores.csv', 'slicing.json', 'model.pt2', 'model.torchscript.pt', 'model.onnx',
                   'export.json', 'pneumokit_kernel.py',
                   "f'fold{"]
 
