@@ -42,6 +42,7 @@ import argparse, json, math, os, platform, re, shutil, signal, subprocess, sys, 
 from dataclasses import replace
 from pathlib import Path
 
+import fastai
 import numpy as np
 import torch
 import yaml
@@ -65,7 +66,7 @@ SKIP_BUDGET, SKIP_CUDA, STOPPED_CAP = 'skipped: budget', 'skipped: no CUDA', 'st
 # Each phase's cap, as a share of the whole budget (a phase also never runs past what is left of it). Estimates for an
 # H100 at 512/1024 px (cold inductor compiles of the UNet's training step take most of `appetite`), not yet measured.
 SHARES = dict(data=0.08, train=0.09, appetite=0.16, inference=0.04, precision=0.03, loader=0.05, batch=0.06, ddp=0.09, cuda=0.10)
-TINY_SHARES = dict(train=0.12, appetite=0.06, ddp=0.25)  # on a CPU, starting Python weighs more than the work
+TINY_SHARES = dict(train=0.12, appetite=0.10, ddp=0.25)  # on a CPU, starting Python weighs more than the work
 GRACE_S = float(os.environ.get('GPU_CHECK_GRACE_S', 20))  # a phase still running this long after its cap ends the run
 ALLOC_ERRORS = ('out of memory', 'alloc', 'cudnn_status_not_enough_workspace', 'cudnn_status_internal_error',
                 'cublas_status_not_initialized', 'cuda error: an illegal memory access', 'canuse32bitindexmath')
@@ -215,14 +216,15 @@ def run_phase(report: Report, budget: Budget, dog: Watchdog, name: str, fn, min_
     report.phase(name, 'running', cap=cap)
     dog.start(name, cap)
     try:
-        _injected_hang(name)
-        fn(t0 + 0.95 * cap); status = 'ok'  # the phase aims to end a little before the alarm
+        try:
+            _injected_hang(name)
+            fn(t0 + 0.95 * cap); status = 'ok'  # the phase aims to end a little before the alarm
+        finally: dog.stop()
     except PhaseSkipped as e: status = str(e)
     except PhaseTimeout: status = STOPPED_CAP
     except Exception as e:
         traceback.print_exc()
         status = f'error: {type(e).__name__}: {e}'.splitlines()[0][:400]
-    finally: dog.stop()
     report.phase(name, status, time.monotonic() - t0, cap)
     print(f"-- {name}: {status} ({time.monotonic() - t0:.0f} s)", flush=True)
 
@@ -588,7 +590,7 @@ class Check:
             if left < 5: continue
             t0 = time.monotonic()
             # nbdev-test through this Python (with --target wheels there is no console script on the PATH)
-            res = _run([sys.executable, '-c', 'from nbdev.test import nbdev_test; nbdev_test()', '--flags', 'cuda', '--path', nb],
+            res = _run([sys.executable, '-c', 'from nbdev.test import nbdev_test; nbdev_test()', '--flags', 'cuda', nb],
                        timeout=left, cwd=ROOT)
             secs = time.monotonic() - t0
             results[nb] = ('pass' if res['exit'] == 0 else f"not run: phase cap (stopped after {secs:.0f} s)"
@@ -671,12 +673,13 @@ def settings(a, device: torch.device) -> dict:
                 torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if cuda else None,
                 cudnn_benchmark=torch.backends.cudnn.benchmark,
                 mixed_precision='float16 autocast + GradScaler' if cuda else 'off (CPU: float32)',
-                channels_last=True, compile_backend=str(a.compile_backend), compile_dynamic=False, python=platform.python_version())
+                channels_last=True, compile_backend=str(a.compile_backend), compile_dynamic=False, python=platform.python_version(),
+                fastai_from=str(Path(fastai.__file__).resolve().parents[1]))
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--budget-s', type=float, default=None, help='whole-run time budget in seconds (default 480; --tiny 240)')
+    p.add_argument('--budget-s', type=float, default=None, help='whole-run time budget in seconds (default 480; --tiny 360)')
     p.add_argument('--spent-s', type=float, default=0., help='seconds of the budget already spent (e.g. installing the wheels)')
     p.add_argument('--tiny', action='store_true', help='the same phases on the CPU at toy sizes (what the tests run)')
     p.add_argument('--out', type=Path, default=ROOT/'reports'/'gpu-check.json', help='JSON report')
@@ -691,9 +694,10 @@ def parse(argv=None):
     p.add_argument('--workers', type=int, default=None, help="loader processes (default: what siim_dataloaders chooses)")
     p.add_argument('--compile-backend', default=None, help="torch.compile backend (default inductor; --tiny eager)")
     p.add_argument('--loader-passes', type=int, default=None, help='passes over the training loader to time (default 3; --tiny 2)')
+    p.add_argument('--min-cap-s', type=float, default=None, help='start a phase only with this much of a cap (default 10 s for training, DDP and appetite, else 3)')
     p.add_argument('--keep', type=Path, default=None, help='work in this folder and keep it (default: a temporary one)')
     a = p.parse_args(argv)
-    tiny = dict(budget_s=240, sizes=[32, 64], steps=6, warmup=1, n_train=40, n_test=4, bs=4, compile_backend='eager',
+    tiny = dict(budget_s=360, sizes=[32, 64], steps=6, warmup=1, n_train=40, n_test=4, bs=4, compile_backend='eager',
                 dicom_size=64, loader_passes=2, max_bs=16)
     full = dict(budget_s=480, sizes=[512, 1024], steps=60, warmup=5, n_train=320, n_test=32, bs=None, compile_backend='inductor',
                 dicom_size=1024, loader_passes=3, max_bs=4096)
@@ -731,7 +735,8 @@ def main(argv=None) -> int:
                  **{f'appetite_{s}': (lambda d, s=s: chk.appetite(s, d)) for s in a.sizes})
     try:
         for name in a.phases:
-            run_phase(report, budget, dog, name, steps[name], min_s=10 if name.startswith(('train', 'ddp', 'appetite')) else 3)
+            min_s = a.min_cap_s if a.min_cap_s is not None else 10 if name.startswith(('train', 'ddp', 'appetite')) else 3
+            run_phase(report, budget, dog, name, steps[name], min_s=min_s)
     except Stopped as e:
         code = 128 + e.signum
         print(f'\n{e}: writing what was measured, ending the child processes', flush=True)
