@@ -51,7 +51,7 @@ def test_every_phase_ran(tiny):
     for phase in ('data', 'train_32', 'train_64', 'appetite_32', 'appetite_64', 'inference', 'precision', 'loader', 'batch', 'ddp'):
         assert status[phase] == 'ok', (phase, status)
     assert status['cuda'] == 'skipped: no CUDA'  # said, not silently absent
-    assert all(v['seconds'] <= v['cap_s'] + 1 for k, v in rep['phases'].items() if k != 'cuda'), rep['phases']
+    assert all(v['seconds'] <= v['cap_s'] + 20 for k, v in rep['phases'].items() if k != 'cuda'), rep['phases']  # + the grace
 
 
 def test_json_names_every_figure(tiny):
