@@ -65,8 +65,9 @@ CONFIG = 'siim-1st-place'
 SKIP_BUDGET, SKIP_CUDA, STOPPED_CAP = 'skipped: budget', 'skipped: no CUDA', 'stopped: phase cap'
 # Each phase's cap, as a share of the whole budget (a phase also never runs past what is left of it). Estimates for an
 # H100 at 512/1024 px (cold inductor compiles of the UNet's training step take most of `appetite`), not yet measured.
-SHARES = dict(data=0.08, train=0.09, appetite=0.16, inference=0.04, precision=0.03, loader=0.05, batch=0.06, ddp=0.09, cuda=0.10)
-TINY_SHARES = dict(train=0.12, appetite=0.10, ddp=0.25)  # on a CPU, starting Python weighs more than the work
+# The last phase, the `#| cuda` cells, takes whatever the others left (at least its tenth when they kept to their caps).
+SHARES = dict(data=0.08, train=0.09, appetite=0.16, inference=0.04, precision=0.03, loader=0.05, batch=0.06, ddp=0.09, cuda=1.0)
+TINY_SHARES = dict(train=0.12, appetite=0.10, ddp=0.25, cuda=0.1)  # on a CPU, starting Python weighs more than the work
 GRACE_S = float(os.environ.get('GPU_CHECK_GRACE_S', 20))  # a phase still running this long after its cap ends the run
 ALLOC_ERRORS = ('out of memory', 'alloc', 'cudnn_status_not_enough_workspace', 'cudnn_status_internal_error',
                 'cublas_status_not_initialized', 'cuda error: an illegal memory access', 'canuse32bitindexmath')
@@ -590,7 +591,8 @@ class Check:
             if left < 5: continue
             t0 = time.monotonic()
             # nbdev-test through this Python (with --target wheels there is no console script on the PATH)
-            res = _run([sys.executable, '-c', 'from nbdev.test import nbdev_test; nbdev_test()', '--flags', 'cuda', nb],
+            # (called from code, nbdev_test takes keywords: fastcore's call_parse parses sys.argv only for a console script)
+            res = _run([sys.executable, '-c', "import sys; from nbdev.test import nbdev_test; nbdev_test(path=sys.argv[1], flags='cuda')", nb],
                        timeout=left, cwd=ROOT)
             secs = time.monotonic() - t0
             results[nb] = ('pass' if res['exit'] == 0 else f"not run: phase cap (stopped after {secs:.0f} s)"
@@ -666,7 +668,7 @@ def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> dict:
 def settings(a, device: torch.device) -> dict:
     "What ran where: versions, the device, the budget and the sizes."
     cuda = device.type == 'cuda'
-    return dict(config=CONFIG, tiny=a.tiny, budget_s=a.budget_s, spent_before_s=a.spent_s, sizes=a.sizes,
+    return dict(config=CONFIG, tiny=a.tiny, budget_s=a.budget_s, spent_before_s=a.spent_s, install_s=a.install_s, sizes=a.sizes,
                 steps_per_run=a.steps, warmup=a.warmup, phases=a.phases,
                 device=torch.cuda.get_device_name(0) if cuda else platform.processor() or 'cpu',
                 gpus=torch.cuda.device_count() if cuda else 0, cpu_cores=default_workers(),
@@ -681,6 +683,8 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--budget-s', type=float, default=None, help='whole-run time budget in seconds (default 480; --tiny 600: a shared CPU is slow)')
     p.add_argument('--spent-s', type=float, default=0., help='seconds of the budget already spent (e.g. installing the wheels)')
+    p.add_argument('--started-at', type=float, default=None, help='Unix time the budget started (gpu_run.sh: before the install); overrides --spent-s')
+    p.add_argument('--install-s', type=float, default=None, help='seconds the wheels took to install (recorded)')
     p.add_argument('--tiny', action='store_true', help='the same phases on the CPU at toy sizes (what the tests run)')
     p.add_argument('--out', type=Path, default=ROOT/'reports'/'gpu-check.json', help='JSON report')
     p.add_argument('--phases', default=None, help='comma-separated phases or groups to run (default: all), e.g. data,loader')
@@ -716,6 +720,7 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     a = parse(argv)
+    if a.started_at is not None: a.spent_s = round(max(0., time.time() - a.started_at), 1)  # the install and the imports
     budget = Budget(a.budget_s, a.spent_s)
     if a.tiny: SHARES.update(TINY_SHARES)
     device = torch.device('cuda' if torch.cuda.is_available() and not a.tiny else 'cpu')

@@ -20,8 +20,8 @@ if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --
         --target "$SITE" "$WHEELS"/*.whl; then
     echo "gpu_run: pip could not install the wheels in $WHEELS into $SITE (offline, --no-deps): regather them with make gpu-wheels"; exit 2
 fi
-install_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))" 2>/dev/null || "$PY" -c "import time; print(round(time.time() - $t0, 1))")
+install_s=$("$PY" -c "import time; print(round(time.time() - $t0, 1))")
 echo "gpu_run: $(wc -l < "$WHEELS/MANIFEST.txt") wheels installed into $SITE in ${install_s} s"
 export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # exec: the check is this process, so SIGTERM/SIGINT reach its handler (it writes the summary and ends its children)
-exec "$PY" "$ROOT/benchmarks/gpu_check.py" --budget-s "$BUDGET_S" --spent-s "$install_s" ${OUTFILE:+--out "$OUTFILE"} "$@"
+exec "$PY" "$ROOT/benchmarks/gpu_check.py" --budget-s "$BUDGET_S" --started-at "$t0" --install-s "$install_s" ${OUTFILE:+--out "$OUTFILE"} "$@"
