@@ -167,6 +167,11 @@ class PosFracDL(TfmdDL):
         super().after_iter()
         self.epoch += 1
 
+    def wif(self):
+        "In each loader process: OpenCV on one thread (by default it takes every core, and the workers share them)."
+        super().wif()
+        cv2.setNumThreads(1)
+
 # %% ../nbs/06_data.ipynb #ae12b8a6
 class ShardedDL(DistributedDL):
     "fastai's `DistributedDL` for any backend: each rank takes its shard of rank 0's epoch (gloo on CPU, NCCL on GPU)."
@@ -245,10 +250,11 @@ def _check_files(cache: CacheDir, size: int, ids: Sequence[str]):
             raise FileNotFoundError(f"{len(missing)} of {len(ids)} images in `folds` have no PNG in {folder}, e.g. {missing[:3]}")
 
 def _loader_workers(n_workers: int | None, device: torch.device) -> int:
-    "Loader processes: as asked, else 0 on a CPU-only machine with 2 cores or fewer, else up to 8."
+    "Loader processes: as asked; on CUDA every core but the one feeding the GPU; on a CPU 0 with 2 cores or fewer, else up to 8."
     if n_workers is not None: return check_int('n_workers', n_workers, 0)
     cores = default_workers() // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # DDP: the processes share the cores
-    return 0 if device.type == 'cpu' and cores <= 2 else min(8, cores)
+    if device.type == 'cuda': return max(1, cores - 1)  # at 1024 px a GPU eats what 8 workers decode and augment
+    return 0 if cores <= 2 else min(8, cores)
 
 # %% ../nbs/06_data.ipynb #a22ff09d
 def _is_pos(folds: pd.DataFrame, pos_frac) -> np.ndarray | None:
@@ -277,7 +283,7 @@ def siim_dataloaders(cache: str | Path | CacheDir, # PNG cache from `build_cache
                      bs: int = 16, # batch size (training and validation)
                      aug: str = 'siim-1st', # training augmentations, a key of `AUG_PRESETS`
                      pos_frac: float | Sequence[float] | Callable[[int], float] | None = None, # positives' share per epoch
-                     n_workers: int | None = None, # loader processes; default 0 on a CPU with <= 2 cores, else min(8, cores)
+                     n_workers: int | None = None, # loader processes; default: CUDA, cores - 1; a CPU, 0 with <= 2 cores, else min(8, cores)
                      seed: int | None = 0, # seeds the augmentations and the sampling
                      device: str | torch.device | None = None, # where batches go; default `get_device()` (pinned on CUDA)
                      **kwargs, # passed to `DataBlock.dataloaders` (e.g. `val_bs`, `drop_last`)
