@@ -21,7 +21,7 @@ __all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs'
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
              ) -> pd.DataFrame | None:
-    "The folds table the run trains on (`load_folds` of the folds file its `run.json` names); None when that file is gone."
+    "The folds table the run trains on (`load_folds` of the folds file `RunDir.read_info` names); None when that file is gone."
     p = Path(RunDir(run).read_info()['folds'])
     return load_folds(p) if p.is_file() else None
 
@@ -120,6 +120,7 @@ def fit_table(df: pd.DataFrame, # `compare_runs`'s table
     d = df.assign(wall_s=df.wall_s.map(lambda s: '' if pd.isna(s) else f'{s:.0f}')) if 'wall_s' in df else df
     d = d.map(lambda v: _short(v, 10 ** 6))
     d = d[[c for c in d.columns if (d[c] != '').any()]]  # nothing to read (no ensemble's members, no search yet)
+    if 'kind' in d and (d['kind'] == 'run').all(): d = d.drop(columns='kind')  # only runs: nothing told
     for cell in (32, 24, 16, 12):
         text, gone = _fit(d.map(lambda v: _short(v, cell)), width)
         if max(map(len, text.splitlines())) <= width: break
