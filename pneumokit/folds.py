@@ -181,11 +181,12 @@ def _place(old: pd.DataFrame, new: pd.DataFrame, seed: int) -> np.ndarray:
 def _check_apart(old: pd.DataFrame, new: pd.DataFrame):
     "A training-only new image whose patient validates in a fold of `old` would train that fold on its own patient: refused."
     if 'PatientID' not in new or 'PatientID' not in old: return
-    val = old[old.fold != TRAIN_ONLY].drop_duplicates('PatientID').set_index('PatientID').fold
-    if len(hit := new[new.PatientID.isin(val.index)]):
+    v = old[old.fold != TRAIN_ONLY]
+    val = dict(zip(v.PatientID.astype(str), v.fold))  # as text: a CSV may have read numeric PatientIDs as numbers
+    if len(hit := new[new.PatientID.astype(str).map(val).notna()]):
         r = hit.iloc[0]
         raise ValueError(f"{len(hit)} new image(s) would be training-only but their patient validates in a fold, e.g. {r.ImageId} "
-                         f"(patient {r.PatientID}, fold {val[r.PatientID]}): add them to the folds instead (train_only=False)")
+                         f"(patient {r.PatientID}, fold {val[str(r.PatientID)]}): add them to the folds instead (train_only=False)")
 
 # %% ../nbs/05_folds.ipynb #91e1fa54
 def extend_folds(folds: pd.DataFrame, # the folds to keep (`load_folds`): every row stays as it is
