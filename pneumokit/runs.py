@@ -99,15 +99,16 @@ def compare_runs(dirs: Sequence[str | Path], # run folders, or folders whose sub
 
 # %% ../nbs/13d_runs.ipynb #d95490bd
 _LEAST_TELLING = ['wall_s', 'epochs', 'sizes', 'encoder', 'arch', 'config']  # left out first, then per-fold Dice from the last
+_PATHS = ('run', 'members')  # shortened from the front: their end names the run
 
-def _short(v, n: int) -> str:
-    "`v` as text of at most `n` characters; a longer one keeps its end (a path's run name, a rule's values)."
+def _short(v, n: int, front: bool = False) -> str:
+    "`v` as text of at most `n` characters: its end cut off (or its front, for a path)."
     s = '' if isinstance(v, float) and np.isnan(v) else f'{v:.4f}' if isinstance(v, float) else str(v)
-    return s if len(s) <= n else '…' + s[-(n - 1):]
+    return s if len(s) <= n else '…' + s[-(n - 1):] if front else s[:n - 1] + '…'
 
-def _fit(t: pd.DataFrame, width: int) -> tuple[str, list[str]]:
-    "`t` as text, leaving out the least telling columns until no line is wider than `width` (or none is left to leave out)."
-    order = [c for c in _LEAST_TELLING if c in t.columns] + [c for c in t.columns if c.startswith('dice_f')][::-1]
+def _fit(t: pd.DataFrame, width: int, drop: bool) -> tuple[str, list[str]]:
+    "`t` as text; with `drop`, the least telling columns left out until no line is wider than `width` (or none is left to leave out)."
+    order = [c for c in _LEAST_TELLING if c in t.columns] + [c for c in t.columns if c.startswith('dice_f')][::-1] if drop else []
     gone = []
     while max(map(len, (text := t.to_string(index=False)).splitlines())) > width and order:
         gone.append(order.pop(0)); t = t.drop(columns=gone[-1])
@@ -116,13 +117,13 @@ def _fit(t: pd.DataFrame, width: int) -> tuple[str, list[str]]:
 def fit_table(df: pd.DataFrame, # `compare_runs`'s table
               width: int = 120, # characters a line may take (a terminal's width)
              ) -> str:
-    "The table as text no wider than `width`: empty columns and cells' middles out, then the least telling columns, named last."
+    "The table as text no wider than `width`: empty columns out, long cells shortened, then the least telling columns left out, named last."
     d = df.assign(wall_s=df.wall_s.map(lambda s: '' if pd.isna(s) else f'{s:.0f}')) if 'wall_s' in df else df
     d = d.map(lambda v: _short(v, 10 ** 6))
     d = d[[c for c in d.columns if (d[c] != '').any()]]  # nothing to read (no ensemble's members, no search yet)
     if 'kind' in d and (d['kind'] == 'run').all(): d = d.drop(columns='kind')  # only runs: nothing told
-    for cell in (32, 24, 16, 12):
-        text, gone = _fit(d.map(lambda v: _short(v, cell)), width)
+    for cell, drop in ((60, False), (40, False), (32, True), (24, True), (16, True), (12, True)):
+        text, gone = _fit(d.apply(lambda col: col.map(lambda v: _short(v, cell, col.name in _PATHS))), width, drop)
         if max(map(len, text.splitlines())) <= width: break
     note = f"(+{len(gone)} column(s) in the CSV: {', '.join(gone)})" if gone else ''
     return text + ('\n' + textwrap.fill(note, width) if note else '')
