@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cli.ipynb #9cc9f866
 from __future__ import annotations
-import sys, warnings
+import shutil, sys, warnings
 from pathlib import Path
 
 # A dependency's import-time deprecation notice (torch.jit.script) would put a second line before a command's one-line reason
@@ -19,12 +19,14 @@ from .config import load_config
 from .core import check_int
 from .ddp import is_launched, is_main, launch
 from .eda import describe_findings
+from .folds import validation_folds
 from .layout import VolumeDir
 from .postprocess import rule_from_dict
+from .runs import fit_table
 
 # %% auto #0
 __all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train_command', 'train', 'search', 'predict',
-           'score', 'submit', 'export', 'configs', 'demo', 'run_command', 'main']
+           'score', 'submit', 'export', 'runs', 'configs', 'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -131,12 +133,17 @@ def split(labels: str, # label CSV (train-rle.csv), a PNG/JPG set (its masks are
           config: str = None, # take `data.n_splits` and `data.seed` from this config (default: 5 folds, seed 0)
           dicoms: str = None, # DICOM folder: group folds by PatientID (no patient in two folds); a PNG/JPG set has none
           workers: int = None, # processes reading DICOM headers
+          extend: str = None, # a folds file to extend (DEST may be it): its images keep their folds, the new ones of LABELS join
+          train_only: bool = False, # with --extend: the new images train in every fold, never validated (stage-2 data, pseudo-labels from a submission CSV)
          ) -> pd.DataFrame:
-    "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case."
+    "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case; or grow a folds file."
     df = pipeline.split(_existing(labels, 'label CSV'), dest, _config(config) if config else None,
-                        dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers)
-    rates = df.groupby('fold').has_mask.mean()
-    print(f"{len(df)} images in {df.fold.nunique()} folds -> {dest} (positive rate per fold {rates.min():.3f}-{rates.max():.3f})")
+                        dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers,
+                        extend=_existing(extend, 'folds file') if extend else None, train_only=train_only)
+    val = df[df.fold.isin(validation_folds(df))]
+    rates, only = val.groupby('fold').has_mask.mean(), len(df) - len(val)
+    print(f"{len(df)} images in {val.fold.nunique()} folds{f' ({only} training-only)' if only else ''} -> {dest} "
+          f"(positive rate per fold {rates.min():.3f}-{rates.max():.3f})")
     return df
 
 # %% ../nbs/15_cli.ipynb #f43c4e84
@@ -283,6 +290,17 @@ def export(run: str, # run folder (`pneumokit train`, best after `pneumokit sear
     print(f"in a kernel: python {ed.kernel} {ed.sidecar} DICOM_FOLDER submission.csv")
     return ed.root
 
+# %% ../nbs/15_cli.ipynb #141e2229
+@call_parse
+def runs(*dirs: str, # run folders, or folders whose sub-folders are runs (e.g. runs/)
+         csv: str = None, # also write the whole table here as CSV
+        ) -> pd.DataFrame:
+    "Compare runs: one row each (config, model, sizes, folds, out-of-fold Kaggle Dice per fold and overall, best rule, epochs, wall time)."
+    df = pipeline.runs(dirs, csv)
+    print(fit_table(df, shutil.get_terminal_size().columns))
+    if csv: print(f"table of {len(df)} run(s) -> {csv}")
+    return df
+
 # %% ../nbs/15_cli.ipynb #276da258
 @call_parse
 def configs() -> pd.DataFrame:
@@ -310,7 +328,7 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
 
 # %% ../nbs/15_cli.ipynb #b202469e
 COMMANDS = dict(synth=synth, prepare=prepare, slice=slice, audit=audit, eda=eda, split=split, train=train, search=search,
-                predict=predict, score=score, submit=submit, export=export, configs=configs, demo=demo)
+                predict=predict, score=score, submit=submit, export=export, runs=runs, configs=configs, demo=demo)
 _POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
                    train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'],
                    slice=['volumes', 'cache'], score=['preds', 'volumes'], export=['run', 'dest'])

@@ -27,6 +27,7 @@ from matplotlib.colors import ListedColormap
 from .core import check_int, default_workers, get_device
 from .dicom import dicom_metadata, read_dicom, rles_by_id
 from .layout import CacheDir
+from .folds import TRAIN_ONLY, validation_folds
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
@@ -238,7 +239,8 @@ def _check_folds(folds: pd.DataFrame, fold: int) -> pd.DataFrame:
     if missing: raise ValueError(f"`folds` needs columns ImageId and fold (from `make_folds`); missing {sorted(missing)}")
     dup = folds.ImageId[folds.ImageId.duplicated()]
     if len(dup): raise ValueError(f"`folds` lists {len(dup)} ImageIds more than once, e.g. {dup.iloc[:3].tolist()}")
-    if fold not in set(folds.fold): raise ValueError(f"fold {fold!r} is not in `folds` (folds: {sorted(set(folds.fold))})")
+    if fold not in validation_folds(folds):  # a training-only image (`TRAIN_ONLY`) is never validated
+        raise ValueError(f"fold {fold!r} is not in `folds` (validation folds: {validation_folds(folds)}; {TRAIN_ONLY}: training-only)")
     if (folds.fold == fold).all(): raise ValueError(f"fold {fold!r} holds every image: nothing left to train on")
     return folds.reset_index(drop=True)
 

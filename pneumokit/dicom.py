@@ -370,9 +370,16 @@ def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...], reader: Imag
     except Exception as e: return _err(e)
 
 # %% ../nbs/02_dicom.ipynb #adb2c161
+def _earlier_rows(man: pd.DataFrame, dest: CacheDir) -> pd.DataFrame:
+    "The manifest rows of images an earlier call cached from other files (stage-2 data, pseudo-labelled test images): kept."
+    try: old = pd.read_csv(dest.manifest, dtype=str, keep_default_na=False) if dest.manifest.is_file() else None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError): old = None
+    if old is None or not set(_MANIFEST_COLS) <= set(old.columns): return man.iloc[:0]
+    return old.loc[~old.ImageId.isin(set(man.ImageId.dropna())) & ~old.path.isin(set(man.path)), _MANIFEST_COLS]
+
 def _finish(man: pd.DataFrame, dest: CacheDir, kind: str = 'DICOM') -> pd.DataFrame:
-    "Write the manifest atomically and warn, in one line, when anything failed."
-    with atomic_write(dest.manifest, 'w', newline='') as f: man.to_csv(f, index=False)
+    "Write the manifest atomically (after the rows of images cached before from other files) and warn, in one line, when anything failed."
+    with atomic_write(dest.manifest, 'w', newline='') as f: pd.concat([_earlier_rows(man, dest), man]).to_csv(f, index=False)
     failed = man[man.status == 'failed']
     if len(failed):
         eg = '; '.join(f"{Path(p).name}: {e[:200]}" for p, e in zip(failed.path.iloc[:3], failed.error.iloc[:3]))
@@ -398,7 +405,7 @@ def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched
                 force: bool = False, # rebuild every image, even those cached from the same labels
                 reader: ImageReader = DICOM_READER, # how the files are read (`pneumokit.png` has the PNG/JPG one)
                ) -> pd.DataFrame:
-    "Decode each image file once into PNG images (and masks from `labels`) at every size; resumable; returns the manifest."
+    "Decode each image file once into PNG images (and masks from `labels`) at every size; resumable; returns this call's manifest rows."
     sizes, dest, force = _check_sizes(sizes), CacheDir(dest), check_bool('force', force)
     paths = _as_paths(src) if reader is DICOM_READER else [Path(p) for p in src]
     if not paths: raise ValueError(f"`src` holds no {reader.kind} files: nothing to cache")

@@ -15,7 +15,7 @@ import yaml
 from .cli import train_command
 from .config import Config
 from .core import check_int, default_workers, write_bytes_atomic
-from .folds import load_folds
+from .folds import load_folds, validation_folds
 from .layout import CacheDir, RunDir
 from .pipeline import as_config
 
@@ -100,8 +100,8 @@ def train_folds_parallel(cfg: str | Path | Config, # config name, file or `Confi
     "Train folds as independent `pneumokit train` processes, each on its own GPU (`CUDA_VISIBLE_DEVICES`); the run's summary."
     cfg, cache, run, folds = as_config(cfg), CacheDir(cache), RunDir(run), Path(folds)
     ff = load_folds(folds)
-    ids = [int(k) for k in (fold_ids if fold_ids is not None else cfg.data.folds or sorted(ff.fold.unique()))]
-    if set(ids) - set(ff.fold): raise ValueError(f"folds {sorted(set(ids) - set(ff.fold))} are not in {folds}")
+    ids = [int(k) for k in (fold_ids if fold_ids is not None else cfg.data.folds or validation_folds(ff))]
+    if bad := sorted(set(ids) - set(validation_folds(ff))): raise ValueError(f"folds {bad} are not in {folds}")
     slots = _slots(gpus, n_procs)
     if n_workers is None and slots[0]['CUDA_VISIBLE_DEVICES']: n_workers = min(8, max(1, default_workers() // len(slots)))
     run.start(cfg.to_dict())  # every fold's process checks itself against this config

@@ -17,7 +17,8 @@ from .dicom import image_shapes
 from .eda import image_table
 
 # %% auto #0
-__all__ = ['area_strata', 'make_folds', 'fold_summary', 'save_folds', 'load_folds']
+__all__ = ['TRAIN_ONLY', 'area_strata', 'make_folds', 'fold_summary', 'validation_folds', 'save_folds', 'load_folds',
+           'extend_folds']
 
 # %% ../nbs/05_folds.ipynb #b826fd46
 def area_strata(table: pd.DataFrame, # one row per image with `has_mask` and `area` (from `image_table`)
@@ -99,12 +100,21 @@ def make_folds(labels: pd.DataFrame | str | Path, # labels (`read_labels`) or a 
 # %% ../nbs/05_folds.ipynb #9ccc6a91
 def fold_summary(folds: pd.DataFrame, # from `make_folds`
                 ) -> pd.DataFrame:
-    "Per fold: images, positives, positive rate, median positive area (and patients when grouped)."
+    "Per fold: images, positives, positive rate, median positive area (when known; and patients when grouped)."
     g = folds.groupby('fold')
-    out = pd.DataFrame(dict(images=g.size(), positives=g['has_mask'].sum(), pos_rate=g['has_mask'].mean(),
-                            median_area=folds[folds.has_mask].groupby('fold')['area'].median()))
+    out = pd.DataFrame(dict(images=g.size(), positives=g['has_mask'].sum(), pos_rate=g['has_mask'].mean()))
+    if 'area' in folds: out['median_area'] = folds[folds.has_mask.astype(bool)].groupby('fold')['area'].median()
     if 'PatientID' in folds: out['patients'] = g['PatientID'].nunique()
     return out
+
+# %% ../nbs/05_folds.ipynb #ee9ef915
+TRAIN_ONLY = -1  # the fold of a training-only image: it trains in every fold and no fold validates it
+_THEIR_TRAIN_ONLY = 'stage_2'  # the same, as the 1st place's folds files spell it (`2nd_stage_folds.csv`)
+
+def validation_folds(folds: pd.DataFrame, # a folds table (ImageId, fold)
+                    ) -> list[int]:
+    "The folds that validate, in numeric order: every fold value but `TRAIN_ONLY`."
+    return sorted(int(k) for k in pd.unique(folds['fold']) if k != TRAIN_ONLY)
 
 # %% ../nbs/05_folds.ipynb #aee1e95f
 def save_folds(folds: pd.DataFrame, # from `make_folds`
@@ -120,16 +130,78 @@ def _read_folds_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError: raise ValueError(f"Folds file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e: raise ValueError(f"Folds file {path} is not a CSV: {e}") from None
 
-def load_folds(path: str | Path, # CSV written by `save_folds` (or any CSV with ImageId and fold)
-              ) -> pd.DataFrame:
-    "Read a folds CSV, checking its columns, that it has rows and that every fold is a whole number >= 0."
-    path = Path(path)
-    df = _read_folds_csv(path)
-    if not {'ImageId', 'fold'} <= set(df.columns):
-        raise ValueError(f"{path}: a folds file needs columns ImageId and fold, got {list(df.columns)}")
-    if not len(df): raise ValueError(f"Folds file {path} has a header but no rows")
-    fold = pd.to_numeric(df['fold'], errors='coerce')
-    if (bad := fold.isna() | (fold < 0) | (fold % 1 != 0)).any():
+_THEIR_COLUMNS = dict(fname='ImageId', exist_labels='has_mask')  # the 1st place's folds files: `<ImageId>.png`, 0/1
+
+def _ours(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    "A winners' folds table (fname, fold, exist_labels) in our columns: ImageId without `.png`, has_mask a bool; ours as it is."
+    if 'ImageId' in df.columns or 'fname' not in df.columns: return df
+    df = df.rename(columns=_THEIR_COLUMNS)
+    df['ImageId'] = df.ImageId.astype(str).str.replace(r'\.png$', '', regex=True)
+    if 'has_mask' in df and (bad := ~df.has_mask.isin([0, 1])).any():
         j = int(np.argmax(bad.to_numpy()))
-        raise ValueError(f"Folds file {path} line {j + 2}: fold must be a whole number >= 0, got {str(df['fold'][j])!r}")
-    return df.assign(fold=fold.astype(np.int64))
+        raise ValueError(f"Folds file {path} line {j + 2}: exist_labels must be 0 or 1, got {str(df.has_mask[j])!r}")
+    return df.assign(has_mask=df.has_mask.astype(bool)) if 'has_mask' in df else df
+
+def _fold_numbers(df: pd.DataFrame, path: Path) -> pd.Series:
+    "The fold column as int64: whole numbers >= 0, or `TRAIN_ONLY` (also spelled as the 1st place spells it)."
+    fold = pd.to_numeric(df['fold'].where(df['fold'].astype(str) != _THEIR_TRAIN_ONLY, TRAIN_ONLY), errors='coerce')
+    if (bad := fold.isna() | ((fold < 0) & (fold != TRAIN_ONLY)) | (fold % 1 != 0)).any():
+        j = int(np.argmax(bad.to_numpy()))
+        raise ValueError(f"Folds file {path} line {j + 2}: fold must be a whole number >= 0, got {str(df['fold'][j])!r} "
+                         f"({TRAIN_ONLY} or {_THEIR_TRAIN_ONLY!r}: a training-only image)")
+    return fold.astype(np.int64)
+
+def load_folds(path: str | Path, # CSV written by `save_folds`, any CSV with ImageId and fold, or a winners' (fname, fold, exist_labels)
+              ) -> pd.DataFrame:
+    "Read a folds CSV, checking its columns, that it has rows and that every fold is a whole number >= 0 or `TRAIN_ONLY`."
+    path = Path(path)
+    df = _ours(_read_folds_csv(path), path)
+    if not {'ImageId', 'fold'} <= set(df.columns):
+        raise ValueError(f"{path}: a folds file needs columns ImageId and fold (or the 1st place's fname, fold, exist_labels), "
+                         f"got {list(df.columns)}")
+    if not len(df): raise ValueError(f"Folds file {path} has a header but no rows")
+    return df.assign(fold=_fold_numbers(df, path))
+
+# %% ../nbs/05_folds.ipynb #7203984f
+def _place(old: pd.DataFrame, new: pd.DataFrame, seed: int) -> np.ndarray:
+    "A fold per new image: a patient already in `old` joins its fold; other patients, largest first, go to the fold with the fewest new images of their stratum, then the fewest images."
+    if not (ks := validation_folds(old)): raise ValueError("the folds to extend have no validation fold: every image is training-only")
+    grouped = 'PatientID' in new and 'PatientID' in old
+    known = dict(zip(old.PatientID.astype(str), old.fold)) if grouped else {}
+    groups = (new.PatientID if 'PatientID' in new else new.ImageId).astype(str)
+    members = {g: np.asarray(i) for g, i in groups.groupby(groups).indices.items()}
+    order = sorted(np.random.default_rng(seed).permutation(sorted(members)).tolist(), key=lambda g: -len(members[g]))
+    size, placed, fold, strata = old.fold.value_counts().to_dict(), {}, np.empty(len(new), np.int64), new.area_bin.to_numpy()
+    for g in order:
+        s, n = int(strata[members[g]].max()), len(members[g])
+        k = known[g] if g in known else min(ks, key=lambda k: (placed.get((s, k), 0), size.get(k, 0), k))
+        fold[members[g]], placed[(s, k)], size[k] = k, placed.get((s, k), 0) + n, size.get(k, 0) + n
+    return fold
+
+def _check_apart(old: pd.DataFrame, new: pd.DataFrame):
+    "A training-only new image whose patient validates in a fold of `old` would train that fold on its own patient: refused."
+    if 'PatientID' not in new or 'PatientID' not in old: return
+    v = old[old.fold != TRAIN_ONLY]
+    val = dict(zip(v.PatientID.astype(str), v.fold))  # as text: a CSV may have read numeric PatientIDs as numbers
+    if len(hit := new[new.PatientID.astype(str).map(val).notna()]):
+        r = hit.iloc[0]
+        raise ValueError(f"{len(hit)} new image(s) would be training-only but their patient validates in a fold, e.g. {r.ImageId} "
+                         f"(patient {r.PatientID}, fold {val[str(r.PatientID)]}): add them to the folds instead (train_only=False)")
+
+# %% ../nbs/05_folds.ipynb #91e1fa54
+def extend_folds(folds: pd.DataFrame, # the folds to keep (`load_folds`): every row stays as it is
+                 labels: pd.DataFrame | str | Path, # labels of the new images (rows of images in `folds` are skipped); a submission CSV is such labels
+                 train_only: bool = False, # the new images train in every fold and are never validated (stage-2 data, external sets, pseudo-labels)
+                 meta: pd.DataFrame | None = None, # `dicom_metadata` of the new images: grouped by PatientID, with the patients of `folds`
+                 seed: int = 0, # shuffling seed of the new patients
+                 n_bins: int = 4, # mask-area quantile bins among the new positives
+                ) -> pd.DataFrame:
+    "`folds` unchanged, then one row per new image of `labels`: `TRAIN_ONLY`, or a fold by stratum and patient."
+    new = _checked_table(labels, meta)
+    new = new[~new.ImageId.isin(set(folds.ImageId))].reset_index(drop=True)
+    if (meta := _grouping(meta)) is not None: new['PatientID'] = _patients(new, meta)
+    new['area_bin'] = area_strata(new, n_bins)
+    if train_only: _check_apart(folds, new)
+    new['fold'] = TRAIN_ONLY if train_only else _place(folds, new, seed)
+    return pd.concat([folds, new[[c for c in ('ImageId', 'fold', 'has_mask', 'area', 'area_bin', 'PatientID') if c in new]]],
+                     ignore_index=True)

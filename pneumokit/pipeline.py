@@ -18,12 +18,13 @@ from .core import check_dest, data_dir, get_device, project_root, write_bytes_at
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .export import export_ensemble
-from .folds import load_folds, make_folds, save_folds
+from .folds import extend_folds, load_folds, make_folds, save_folds, validation_folds
 from .inference import load_fold_models, predict_dicoms
 from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
+from .runs import check_oof_folds, compare_runs
 from .submission import make_submission
 from .synthetic import make_mini_siim
 from .train import check_wandb, train_kfold
@@ -34,8 +35,8 @@ from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs,
 
 # %% auto #0
 __all__ = ['DATA_KINDS', 'as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'DataKind',
-           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'export', 'oof_arrays', 'oof_gallery',
-           'submission_score', 'demo', 'slice', 'score']
+           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'export', 'runs', 'oof_arrays',
+           'oof_gallery', 'submission_score', 'demo', 'slice', 'score']
 
 # %% ../nbs/14b_pipeline.ipynb #4fc2a4a3
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -134,16 +135,23 @@ def split(labels: str | Path, # label CSV, or a PNG/JPG set whose masks are its 
           dicoms: str | Path | None = None, # DICOM folder: folds are then grouped by PatientID (a PNG set has none: ungrouped)
           n_workers: int | None = None, # processes reading DICOM headers
           progress: bool = True, # progress bar
+          extend: str | Path | None = None, # a folds file to extend (`dest` may be it): its rows kept, the new images of `labels` added
+          train_only: bool = False, # with `extend`: the new images train in every fold and are never validated (stage-2 data, pseudo-labels)
          ) -> pd.DataFrame:
-    "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`; a slice cache (`slice`) is split by case."
+    "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`, or `extend`'s folds grown by new images; a slice cache (`slice`) is split by case."
     check_dest(dest, 'folds file')
-    if SliceCacheDir(labels).manifest.is_file(): return _split_cases(labels, dest, cfg)
+    if train_only and extend is None: raise ValueError("train_only marks the images added to a folds file: give the folds file to extend")
+    if SliceCacheDir(labels).manifest.is_file():
+        if extend is not None: raise ValueError(f"{labels} is a slice cache: its folds are made by case, not extended")
+        return _split_cases(labels, dest, cfg)
     d = as_config(cfg).data if cfg is not None else None
-    meta = None
+    old, meta = load_folds(extend) if extend is not None else None, None  # read first: a bad folds file fails before the DICOMs are
     if dicoms is not None or Path(labels).is_dir():  # with images: a DICOM folder's headers, or a PNG set's ids (no patients)
         labels, meta = _png_labels_meta(*_labels_images(labels, dicoms))
         if not isinstance(meta, pd.DataFrame): meta = dicom_metadata(meta, n_workers=n_workers, progress=progress)
-    folds = make_folds(labels, n_splits=d.n_splits if d else 5, seed=d.seed if d else 0, meta=meta)
+    seed = d.seed if d else 0
+    folds = (extend_folds(old, labels, train_only, meta, seed=seed) if old is not None
+             else make_folds(labels, n_splits=d.n_splits if d else 5, seed=seed, meta=meta))
     save_folds(folds, dest)
     return folds
 
@@ -211,9 +219,9 @@ def data_kind(cfg: Config, # a config
 # %% ../nbs/14b_pipeline.ipynb #78d33736
 def _train_folds(cfg: Config, folds: pd.DataFrame, folds_file: Path, fold: int | None) -> list[int]:
     "The folds to train: `fold`, else the config's `data.folds`, else all; each checked against the folds file."
-    ids = [fold] if fold is not None else cfg.data.folds if cfg.data.folds is not None else sorted(folds.fold.unique())
-    if bad := [k for k in ids if k not in set(folds.fold)]:
-        raise ValueError(f"fold {bad[0]} is not in {folds_file} (folds: {sorted(folds.fold.unique())})")
+    ids = [fold] if fold is not None else cfg.data.folds if cfg.data.folds is not None else validation_folds(folds)
+    if bad := [k for k in ids if k not in validation_folds(folds)]:  # a training-only image validates no fold
+        raise ValueError(f"fold {bad[0]} is not in {folds_file} (folds: {validation_folds(folds)})")
     return [int(k) for k in ids]
 
 def train(cfg: str | Path | Config, # config name, file or `Config`
@@ -267,6 +275,7 @@ def search(run: str | Path | RunDir, # run folder (from `train`)
     if not cfg.recipe.task.thresholds: raise ValueError(f"{run.root} predicts label maps (the argmax of its {cfg.recipe.mode} model): "
                                                        "no threshold to search; `score` its predicted volumes")
     ids, maps = run.load_oof()
+    check_oof_folds(run, ids)  # each image validated in its own fold of the run's folds file, none training-only
     size, rule = int(maps[0].shape[-1]), cfg.thresholds.rule_type
     cls = run.oof_cls(ids) if rule.needs_cls else None  # a classifier rule gates on the models' image-level head
     res = rule.search(maps, run.oof_truths(ids, size), cfg.thresholds.grid(), cls_probs=cls)
@@ -355,6 +364,16 @@ def export(run: str | Path | RunDir, # run folder (from `train`, best after `sea
     source = dict(run=str(run.root.resolve()), folds=list(folds) if folds is not None else run.fold_ids('summary'))
     return export_ensemble(models, dest, size=cfg.predict_size, rule=rule, tta=cfg.inference.tta, rule_size=size, onnx=onnx,
                            bs=cfg.inference.bs, source=source)
+
+# %% ../nbs/14b_pipeline.ipynb #6ddd623d
+def runs(dirs: Sequence[str | Path], # run folders, or folders whose sub-folders are runs (e.g. `runs/`)
+         dest: str | Path | None = None, # also write the table here as CSV
+        ) -> pd.DataFrame:
+    "One row per run: config, architecture and encoder, sizes, finished folds, out-of-fold Kaggle Dice per fold and overall, best rule and its score, epochs, wall time."
+    if dest is not None: check_dest(dest, 'runs table')
+    df = compare_runs(dirs)
+    if dest is not None: write_bytes_atomic(dest, df.to_csv(index=False).encode())
+    return df
 
 # %% ../nbs/14b_pipeline.ipynb #95197a38
 def oof_arrays(run: str | Path | RunDir, # run folder (from `train`)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #834053ec
 from __future__ import annotations
-import json, os, sys
+import json, os, sys, time
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +30,7 @@ from .core import atomic_write, get_device, seed_everything, write_bytes_atomic
 from .data import ShardedDL, set_dls
 from .ddp import barrier, from_rank0, is_main, rank, world_size
 from .layout import FoldDir, RunDir
+from .folds import validation_folds
 from .losses import get_loss
 from .models import AuxHeadLoss, ensemble_outputs, seg_learner
 # the recipe's names, importable from here as before (their owner is `pneumokit.recipe`)
@@ -121,7 +122,8 @@ class FoldCheckpoint(Callback):
     def after_epoch(self):
         if self.epoch < self.start: return  # a skipped (already done) epoch of a resumed run
         names, vals = self.recorder.metric_names[1:-1], self.recorder.values[-1]
-        row = dict(stage=self.stage, epoch=self.epoch, **{n: float(v) for n, v in zip(names, vals)})
+        row = dict(stage=self.stage, epoch=self.epoch, **{n: float(v) for n, v in zip(names, vals)},
+                   time=time.time() - self.recorder.start_epoch)  # the epoch's seconds (`pneumokit runs` sums them)
         row['score'] = row[self.monitor]
         self.run.epoch_done(self.learn, self.stage, self.epoch, self.n_epochs, row, batches=len(self.dls.train))
         if self.writer is not None:
@@ -419,7 +421,7 @@ def train_kfold(recipe: Recipe, # model and stages
                ) -> pd.DataFrame:
     "Train folds one after another; one summary row per fold trained (or finished before), and the run's summary file."
     run, rows = RunDir(out), []
-    for k in (sorted(folds.fold.unique()) if fold_ids is None else fold_ids):
+    for k in (validation_folds(folds) if fold_ids is None else fold_ids):
         f = run.fold(int(k))
         if resume and f.finished: rows.append(f.read_summary()); continue
         rows.append(train_fold(recipe, cache, folds, int(k), run, resume=resume, **kwargs))

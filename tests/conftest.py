@@ -56,3 +56,44 @@ def small_fs(tmp_path):
         return d
     yield make
     for d in reversed(mounted): subprocess.run(['umount', str(d)], check=False)
+
+
+GROW_CONFIG = '''base: siim-1st-place.cpu-smoke
+name: grow-test
+model:
+  encoder: mobilenet_v2
+  kwargs: {decoder_channels: [16, 8, 8, 8, 8]}
+train: {top_k: 1, min_area: 5}
+stages:
+  - {size: 32, epochs: 1, bs: 8, lr: 1.0e-2, pos_frac: 0.5, loss: combo, aug: none}
+data: {n_splits: 2, folds: [0, 1]}
+inference: {bs: 8, tta: none}
+thresholds: {tops: [0.3, 0.5], areas: [0], bottoms: [0.3], default: {top: 0.5, area: 0, bottom: 0.3}}
+'''
+
+
+@pytest.fixture(scope='session')
+def grown_run(tmp_path_factory):
+    """A tiny real run on grown folds: 50 patients' synthetic images (of 80) split in 2 folds, then the other images added as
+    training-only (`split --extend --train-only`, through the CLI); 2 folds x 1 epoch at 32 px, searched."""
+    from types import SimpleNamespace
+    import pandas as pd
+    from pneumokit import pipeline
+    d = tmp_path_factory.mktemp('grown')
+    (d/'cfg.yaml').write_text(GROW_CONFIG)
+    mini = pipeline.synth(d/'mini', n_train=80, n_test=2, size=256, progress=False)
+    from pneumokit.dicom import dicom_metadata
+    lab = pd.read_csv(mini/'train-rle.csv')
+    meta = dicom_metadata(mini/'dicom-images-train', n_workers=0, progress=False).sort_values('ImageId')
+    pats = meta.PatientID.drop_duplicates().tolist()[:50]  # whole patients: a training-only image's patient validates nowhere
+    first = meta.ImageId[meta.PatientID.isin(pats)].tolist()
+    lab[lab.ImageId.isin(first)].to_csv(d/'first.csv', index=False)
+    lab[~lab.ImageId.isin(first)].to_csv(d/'more.csv', index=False)
+    pipeline.prepare(mini/'dicom-images-train', d/'cache', d/'cfg.yaml', labels=mini/'train-rle.csv', n_workers=0, progress=False)
+    cli_run('split', d/'first.csv', d/'folds0.csv', '--config', d/'cfg.yaml', '--dicoms', mini/'dicom-images-train', '--workers', 0)
+    cli_run('split', d/'more.csv', d/'folds.csv', '--config', d/'cfg.yaml', '--dicoms', mini/'dicom-images-train', '--workers', 0,
+            '--extend', d/'folds0.csv', '--train-only')
+    pipeline.train(d/'cfg.yaml', d/'cache', d/'folds.csv', d/'run', tensorboard=False, n_workers=0)
+    pipeline.search(d/'run')
+    return SimpleNamespace(root=d, mini=mini, cfg=d/'cfg.yaml', cache=d/'cache', folds0=d/'folds0.csv', folds=d/'folds.csv',
+                           run=d/'run', first=first, n=80)
