@@ -41,7 +41,7 @@ nbtest: $(STAMP)
 # The documentation site in _docs/ (Sphinx + myst-nb + pydata theme, offline): the executed notebooks of build/executed,
 # tutorials first, then one page per module and the API reference; notebooks missing there (or changed since) run first.
 docs: $(STAMP)
-	OMP_NUM_THREADS=1 NB_WORKERS=$(NB_WORKERS) $(BIN)/python docs/build.py
+	OMP_NUM_THREADS=1 NB_WORKERS=$(NB_WORKERS) $(BIN)/python docs/build_site.py
 
 # Retake the README's screenshots of the site (docs/screenshots/docs_*.png) with the docs browser test.
 docs-screenshots: browser-deps

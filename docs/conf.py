@@ -1,4 +1,4 @@
-"""Sphinx configuration of the documentation site (`make docs`; sources staged by docs/build.py in build/docs/src)."""
+"""Sphinx configuration of the documentation site (`make docs`; sources staged by docs/build_site.py in build/docs/all/src)."""
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@ image, the search finding a function's page, and the overlay gallery, the thresh
 The build reuses the copies `make test`'s notebook stage saved (`tests/run_notebooks.py --save-executed build/executed`)
 and executes only the notebooks missing there. The screenshots go to `reports/docs` (`PNEUMOKIT_SCREENSHOTS=docs/screenshots`
 retakes the README's: `make docs-screenshots`); the per-page timings to `reports/docs/docs_test.json`.
+`PNEUMOKIT_DOCS_SITE=folder` checks a site already built instead of building one.
 """
 import html, importlib, inspect, io, json, os, re, sys, threading, time
 from functools import partial
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'docs'))
 sys.path.insert(0, str(ROOT/'docs'/'_ext'))
-import build as docs_build  # noqa: E402  (docs/build.py)
+import build_site as docs_build  # noqa: E402
 from docments_fields import param_comments  # noqa: E402
 
 REPORTS = ROOT/'reports'/'docs'
@@ -26,15 +27,17 @@ README_SHOTS = {'docs_notebook_page.png': 'nbs/14_viz.html', 'docs_api_page.png'
 FIGURES = {'overlay gallery': ('nbs/14_viz.html', 'gallery('), 'threshold heatmap': ('nbs/12_postprocess.html', 'plot_search('),
            'EDA figure': ('nbs/04_eda.html', 'plot_mask_heatmap(')}
 SEARCH = ('rle_decode', 'api/pneumokit.rle.html')
+API_SHOT_ENTRY = 'pneumokit.rle.rle_decode'
 MAX_PNG_BYTES = 300_000
 
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory) -> Path:
     "The site, built as `make docs` builds it (notebooks without a fresh executed copy are executed first)."
+    if (given := os.environ.get('PNEUMOKIT_DOCS_SITE')): return Path(given)  # a site already built, to check it again
     out = tmp_path_factory.mktemp('docs')/'site'
     t0 = time.monotonic()
-    assert docs_build.main(['--out', str(out)]) == 0, 'docs/build.py failed: see its message above'
+    assert docs_build.main(['--out', str(out)]) == 0, 'docs/build_site.py failed: see its message above'
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS/'build_seconds.txt').write_text(f'{time.monotonic() - t0:.1f}\n')
     return out
@@ -196,19 +199,22 @@ def test_figures_load(browser, served, what):
     page = _page(browser, served)
     try:
         page.goto(served + rel, wait_until='load')
-        cell = page.locator('div.cell').filter(has=page.locator('div.cell_input', has_text=call)).filter(has=page.locator('div.cell_output img'))
-        assert cell.count(), f'no cell calling {call} with an image output on {rel}'
-        img = cell.first.locator('div.cell_output img').first
-        img.scroll_into_view_if_needed()
+        img = _figure(page, call)
+        assert img is not None, f'no cell calling {call} with an image output on {rel}'
         w = img.evaluate('i => i.decode().then(() => i.naturalWidth, () => 0)')
         assert w > 0, f'the {what} on {rel} did not load'
-        if what == 'overlay gallery' or rel in README_SHOTS.values():
-            _save(page.screenshot(), next(k for k, v in README_SHOTS.items() if v == rel))
     finally: page.close()
 
 
+def _figure(page, call: str):
+    "The first image output of a cell whose code calls `call`, or None."
+    cell = (page.locator('div.cell').filter(has=page.locator('div.cell_input', has_text=call))
+            .filter(has=page.locator('div.cell_output img')))
+    return cell.first.locator('div.cell_output img').first if cell.count() else None
+
+
 def test_search_finds_a_function(browser, served):
-    "Typing a function's name in the search box lists its API page."
+    "Typing a function's name in the search box (Ctrl+K, as the box says) lists its API page among the results."
     name, target = SEARCH
     page = _page(browser, served)
     try:
@@ -218,15 +224,31 @@ def test_search_finds_a_function(browser, served):
         box.fill(name)
         box.press('Enter')
         page.wait_for_url(re.compile(r'search\.html\?q='))
-        hit = page.locator(f'#search-results a[href*="{target}"]')
-        hit.first.wait_for(timeout=30_000)
+        page.locator(f'#search-results a[href*="{target}"]').first.wait_for(timeout=30_000)
         assert name in page.locator('#search-results').inner_text()
-        page.goto(served + README_SHOTS_API_URL(), wait_until='load')
-        _save(page.screenshot(), 'docs_api_page.png')
     finally: page.close()
 
 
-def README_SHOTS_API_URL() -> str: return README_SHOTS['docs_api_page.png'] + '#pneumokit.rle.rle_decode'
+def test_screenshots(browser, served):
+    "Two pages as a reader sees them: the visualisation notebook at its overlay gallery, an API entry; neither blank."
+    from browser.pixels import grey_std
+    page = _page(browser, served)
+    try:
+        page.goto(served + README_SHOTS['docs_notebook_page.png'], wait_until='load')
+        img = _figure(page, FIGURES['overlay gallery'][1])
+        assert img is not None
+        img.evaluate('i => { i.decode(); i.scrollIntoView({block: "center"}); }')
+        shots = {'docs_notebook_page.png': page.screenshot()}
+        page.goto(served + README_SHOTS['docs_api_page.png'] + '#' + API_SHOT_ENTRY, wait_until='load')
+        page.locator(f'[id="{API_SHOT_ENTRY}"]').evaluate('e => e.scrollIntoView({block: "start"})')
+        page.add_style_tag(content='#pst-back-to-top { display: none !important; }')
+        page.mouse.wheel(0, -80)  # the entry's signature below the sticky header
+        page.wait_for_timeout(200)
+        shots['docs_api_page.png'] = page.screenshot()
+    finally: page.close()
+    for name, png in shots.items():
+        assert grey_std(png) > 10, f'{name} is blank'
+        _save(png, name)
 
 
 def _save(png: bytes, name: str) -> None:

@@ -9,7 +9,7 @@
    a note where a widget cannot render without a kernel, links to repository files outside the site sent to the code host.
 3. Sphinx builds the tutorials, one page per module in the ladder's order, and `api/<module>` pages (autodoc plus
    `docs/_ext/docments_fields.py`, which turns each parameter's `# comment` into its documented field).
-Usage: python docs/build.py [--out _docs] [--only GLOB ...] [--no-execute]"""
+Usage: python docs/build_site.py [--out _docs] [--only GLOB ...] [--no-execute]"""
 import argparse, ast, fnmatch, hashlib, json, os, re, shutil, subprocess, sys, tomllib
 from pathlib import Path
 
@@ -34,6 +34,9 @@ def ladder() -> list[Path]:
     return [Path('nbs/index.ipynb'), *(p.relative_to(ROOT) for p in (*tuts, *mods))]
 
 
+def _show(p: Path) -> str: return str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+
+
 def _sha(p: Path) -> str: return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
@@ -52,12 +55,12 @@ def execute_missing(nbs: list[Path], execute: bool = True) -> None:
     if missing and execute:
         print(f'docs: executing {len(missing)} notebook(s) without a fresh executed copy: {" ".join(p.name for p in missing)}', flush=True)
         names = '|'.join(re.escape(p.name) for p in missing)
-        subprocess.run([sys.executable, str(ROOT/'tests'/'run_notebooks.py'), '--save-executed', str(EXECUTED.relative_to(ROOT)),
-                        '--include-browser-nb', '--n-workers', os.environ.get('NB_WORKERS', '2'), '--file-re', f'^({names})$', 'nbs'],
+        subprocess.run([sys.executable, str(ROOT/'tests'/'run_notebooks.py'), '--save-executed', str(EXECUTED),
+                        '--include-browser-nb', '--timing', '--n-workers', os.environ.get('NB_WORKERS', '2'), '--file-re', f'^({names})$', 'nbs'],
                        cwd=ROOT, check=False)
         missing = [p for p in nbs if not _fresh(p)]
     if missing:
-        raise DocsError(f'no executed copy of {", ".join(map(str, missing))} in {EXECUTED.relative_to(ROOT)} '
+        raise DocsError(f'no executed copy of {", ".join(map(str, missing))} in {_show(EXECUTED)} '
                         f'({"their run failed: see above" if execute else "run without --no-execute"})')
 
 
@@ -278,7 +281,7 @@ def main(argv=None) -> int:
     try: out = build(ROOT/a.out, a.only, not a.no_execute)
     except DocsError as e:
         print(f'make docs: {e}', file=sys.stderr); return 1
-    print(f'docs: site in {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/index.html')
+    print(f'docs: site in {_show(out)}/index.html')
     return 0
 
 
