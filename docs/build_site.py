@@ -10,7 +10,7 @@
 3. Sphinx builds the tutorials, one page per module in the ladder's order, and `api/<module>` pages (autodoc plus
    `docs/_ext/docments_fields.py`, which turns each parameter's `# comment` into its documented field).
 Usage: python docs/build_site.py [--out _docs] [--only GLOB ...] [--no-execute]"""
-import argparse, ast, fnmatch, hashlib, json, os, re, shutil, subprocess, sys, tomllib
+import argparse, ast, fnmatch, hashlib, inspect, json, os, re, shutil, subprocess, sys, tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,8 +219,31 @@ def _write(p: Path, text: str) -> None:
     if not p.is_file() or p.read_text() != text: p.write_text(text)
 
 
-def _toctree(caption: str, entries: list[str], hidden: bool = False) -> str:
-    return '```{toctree}\n' + f':caption: {caption}\n:maxdepth: 1\n' + (':hidden:\n' if hidden else '') + '\n' + '\n'.join(entries) + '\n```\n'
+def _data_entries(mod: str) -> str:
+    "rST entries for the exported constants and registries of `mod` (autodoc skips data without a doc comment)."
+    import importlib
+    m, out = importlib.import_module(mod), []
+    for n in getattr(m, '__all__', []):
+        v = getattr(m, n)
+        if callable(v) or inspect.ismodule(v) or n in _documented(m): continue
+        if isinstance(v, dict): desc = f'A registry of {len(v)}: ' + ', '.join(f'``{k!r}``' for k in list(v)[:40]) + (', ...' if len(v) > 40 else '') + '.'
+        else: desc = f'``{_short(repr(v))}``'
+        out.append(f'\n.. py:data:: {n}\n   :module: {mod}\n\n   {desc}\n')
+    return ''.join(out)
+
+
+def _documented(m) -> set[str]:
+    "Names of `m` that carry a `#:` doc comment (autodoc documents those itself)."
+    try: src = inspect.getsource(m)
+    except (OSError, TypeError): return set()
+    return set(re.findall(r'^#:.*\n(\w+)\s*[:=]', src, re.M))
+
+
+def _short(s: str, n: int = 100) -> str: return s if len(s) <= n else s[:n - 3] + '...'
+
+
+def _toctree(caption: str, entries: list[str]) -> str:
+    return '```{toctree}\n' + f':caption: {caption}\n:maxdepth: 1\n\n' + '\n'.join(entries) + '\n```\n'
 
 
 def stage(pages: list[Path], src: Path) -> None:
@@ -233,7 +256,7 @@ def stage(pages: list[Path], src: Path) -> None:
         nb = st.notebook(rel)
         dest = Path('index.ipynb') if rel.as_posix() == 'nbs/index.ipynb' else rel
         if dest.name == 'index.ipynb':
-            nb['cells'].append(_md(_toctree('Contents', ['tutorials', 'notebooks', 'api/index'], hidden=True)))
+            nb['cells'].append(_md('## Contents\n\n' + _toctree('Contents', ['tutorials', 'notebooks', 'api/index'])))
         _write(src/dest, json.dumps(nb, indent=1)); keep.add(dest.as_posix())
     tuts = [p.with_suffix('').as_posix() for p in pages if p.parent.name == 'tutorials']
     nbs = [p.with_suffix('').as_posix() for p in pages if p.parent.as_posix() == 'nbs' and p.name != 'index.ipynb']
@@ -246,7 +269,8 @@ def stage(pages: list[Path], src: Path) -> None:
     for m in shown:
         nb = mods[m]
         _write(src/'api'/f'{m}.md', f'# {m}\n\nTaught, with examples, in the notebook {{doc}}`/{Path(nb).with_suffix("").as_posix()}`'
-               f' (`{nb}`).\n\n```{{eval-rst}}\n.. automodule:: {m}\n   :members:\n   :undoc-members:\n   :member-order: bysource\n```\n')
+               f' (`{nb}`).\n\n```{{eval-rst}}\n.. automodule:: {m}\n   :members:\n   :undoc-members:\n   :member-order: bysource\n'
+               + _data_entries(m) + '```\n')
         keep.add(f'api/{m}.md')
     for a in st.assets:
         (src/a).parent.mkdir(parents=True, exist_ok=True)

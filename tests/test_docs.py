@@ -102,6 +102,16 @@ def test_pages_follow_the_ladder(site):
         assert f'api/{mod}.html' in page, f'{nb} does not link its API page'
 
 
+def test_names_link_to_their_entries(site):
+    "A name in backticks in a notebook's text, or in a docstring or comment, links to its API entry."
+    viz = (site/'nbs'/'14_viz.html').read_text()
+    assert 'href="../api/pneumokit.viz.html#pneumokit.viz.worst_images"' in viz  # `worst_images` in gallery's comment
+    rle = (site/'nbs'/'01_rle.html').read_text()
+    assert 'href="../api/pneumokit.rle.html#pneumokit.rle.read_labels"' in rle
+    api = (site/'api'/'pneumokit.viz.html').read_text()
+    assert 'href="#pneumokit.viz.worst_images"' in api
+
+
 def test_stale_copy_is_not_used(tmp_path, monkeypatch):
     "An executed copy made from an older version of a notebook does not count as fresh (the build re-executes it)."
     rel = Path('nbs/01_rle.ipynb')
