@@ -227,7 +227,8 @@ def _data_entries(mod: str) -> str:
         v = getattr(m, n)
         if callable(v) or inspect.ismodule(v) or n in _documented(m): continue
         if isinstance(v, dict): desc = f'A registry of {len(v)}: ' + ', '.join(f'``{k!r}``' for k in list(v)[:40]) + (', ...' if len(v) > 40 else '') + '.'
-        else: desc = f'``{_short(repr(v))}``'
+        elif hasattr(v, 'shape') and hasattr(v, 'dtype'): desc = f'An array, shape ``{tuple(v.shape)}``, dtype ``{v.dtype}``.'
+        else: desc = f'``{_short(" ".join(repr(v).split()))}``'
         out.append(f'\n.. py:data:: {n}\n   :module: {mod}\n\n   {desc}\n')
     return ''.join(out)
 
@@ -268,7 +269,8 @@ def stage(pages: list[Path], src: Path) -> None:
            'docstring and the comment of each parameter, module by module.\n\n' + _toctree('API', shown)); keep.add('api/index.md')
     for m in shown:
         nb = mods[m]
-        _write(src/'api'/f'{m}.md', f'# {m}\n\nTaught, with examples, in the notebook {{doc}}`/{Path(nb).with_suffix("").as_posix()}`'
+        title = m.replace('_', r'\_')  # pneumokit.__main__, not pneumokit.<b>main</b>
+        _write(src/'api'/f'{m}.md', f'# {title}\n\nTaught, with examples, in the notebook {{doc}}`/{Path(nb).with_suffix("").as_posix()}`'
                f' (`{nb}`).\n\n```{{eval-rst}}\n.. automodule:: {m}\n   :members:\n   :undoc-members:\n   :member-order: bysource\n'
                + _data_entries(m) + '```\n')
         keep.add(f'api/{m}.md')

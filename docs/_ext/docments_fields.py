@@ -13,13 +13,27 @@ def _target(obj, what: str):
     return obj if callable(obj) else None
 
 
+_NAME = re.compile(r'[A-Za-z_][\w.]*(\(\))?')
+_SPAN = re.compile(r'``.+?``|:`[^`]+`|`[^`]+`')
+
+
+def _code(text: str) -> str:
+    """Markdown code spans as rST: `name` stays a cross-reference (the default role), other code (`.npy`, `fold<k>`)
+    becomes a literal; a span glued to the next word (`Figure`s) gets the escaped space rST needs."""
+    def f(m):
+        s, after = m[0], text[m.end():m.end() + 1]
+        if not (s.startswith('``') or s.startswith(':') or _NAME.fullmatch(s[1:-1])): s = f'`{s}`'
+        return s + ('\\ ' if re.match(r'\w', after) else '')
+    return _SPAN.sub(f, text)
+
+
 def _rst(comment: str) -> str:
-    "A comment as rST text that reads as written: `*`, `|` and a word's trailing `_` escaped outside backticks."
+    "A comment as rST text that reads as written: `*`, `|` and a word's trailing `_` escaped outside code spans."
     if comment.count('`') % 2: comment = comment.replace('`', "'")  # an unpaired backtick: no role at all
     parts = comment.split('`')
     for i in range(0, len(parts), 2):
         parts[i] = re.sub(r'_(?=\W|$)', r'\\_', parts[i].replace('\\', '\\\\').replace('*', r'\*').replace('|', r'\|'))
-    return '`'.join(parts)
+    return _code('`'.join(parts))
 
 
 def param_comments(obj, what: str = 'function') -> dict[str, str]:
@@ -33,6 +47,7 @@ def param_comments(obj, what: str = 'function') -> dict[str, str]:
 
 def _fields(app, what, name, obj, options, lines):
     "autodoc-process-docstring: append a `:param:` field per commented parameter (and `:returns:`), unless already there."
+    lines[:] = [_code(l) for l in lines]  # nbdev docstrings use markdown code spans
     if what not in ('function', 'method', 'class', 'staticmethod', 'classmethod'): return
     comments = param_comments(obj, what)
     if not comments: return
