@@ -161,10 +161,15 @@ class Stager:
 
     @staticmethod
     def _outputs(outputs: list) -> list:
-        "Outputs as a static page can show them: a widget gets a note instead of a view that needs a kernel."
-        res = []
+        """Outputs as a static page can show them: a widget gets a note instead of a view that needs a kernel, and a figure
+        shown twice (pyplot's inline display plus the cell's returned Figure) once."""
+        res, seen = [], set()
         for o in outputs:
             data = o.get('data', {})
+            if 'image/png' in data:
+                png = ''.join(data['image/png'])
+                if png in seen: continue
+                seen.add(png)
             if WIDGET in data and not ({'image/png', 'text/html', 'image/svg+xml'} & data.keys()):
                 what = re.match(r'\w*', ''.join(data.get('text/plain', ''))).group() or 'widget'
                 html = (f'<div class="pk-widget-fallback"><p><b>Interactive widget</b> (<code>{_esc(what)}</code>): '

@@ -128,6 +128,23 @@ def test_stale_copy_is_not_used(tmp_path, monkeypatch):
         docs_build.execute_missing([rel, Path('nbs/02_dicom.ipynb')], execute=False)
 
 
+def test_staging():
+    "What a notebook page gets: names linked to entries, repository links sent to the code host, widgets as a note, one copy of a figure."
+    names = {'rle_decode': ['pneumokit.rle.rle_decode'], 'pneumokit.rle': ['pneumokit.rle'], 'x': ['pneumokit.a.x', 'pneumokit.b.x']}
+    st = docs_build.Stager([Path('nbs/index.ipynb'), Path('nbs/01_rle.ipynb')], names, {'pneumokit.rle': 'nbs/01_rle.ipynb'},
+                           'https://example.invalid/repo')
+    md = st.markdown('`rle_decode()` in `pneumokit.rle`; `x` is ambiguous, `[y]` is no name; [RLE](01_rle.ipynb), '
+                     '[the Makefile](../Makefile), [`rle_decode`](https://example.invalid)\n```\n`rle_decode`\n```', 'nbs', None)
+    assert md.startswith('{py:obj}`rle_decode() <pneumokit.rle.rle_decode>` in {py:mod}`pneumokit.rle <pneumokit.rle>`; `x`'), md
+    assert '[RLE](01_rle.ipynb)' in md and '[the Makefile](https://example.invalid/repo/blob/main/Makefile)' in md, md
+    assert '[`rle_decode`](https://example.invalid)' in md and md.endswith('```\n`rle_decode`\n```'), md
+    png = {'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': 'iVBOR', 'text/plain': '<Figure>'}}
+    widget = {'output_type': 'display_data', 'metadata': {}, 'data': {docs_build.WIDGET: {'model_id': 'm'}, 'text/plain': 'VBox(children=())'}}
+    out = docs_build.Stager._outputs([png, png, widget])
+    assert len(out) == 2 and out[0] == png, out
+    assert docs_build.WIDGET not in out[1]['data'] and 'Interactive widget' in out[1]['data']['text/html'] and 'VBox' in out[1]['data']['text/html']
+
+
 # ------------------------------------------------------------------------------------------------ in the browser
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
