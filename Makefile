@@ -8,7 +8,7 @@ STAMP := $(VENV)/.pneumokit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 NB_WORKERS ?= 2
 
-.PHONY: install demo test check-nbdev nbtest pytest bench gpu-check gpu-wheels gpu-image-venv gpu-check-cpu readme clean browser-deps test-browser test-fresh screenshots test-old-torch
+.PHONY: install demo test check-nbdev nbtest pytest bench gpu-check gpu-wheels gpu-image-venv gpu-check-cpu readme clean browser-deps test-browser test-fresh screenshots test-old-torch docs docs-screenshots
 # Python Playwright drives Debian's Chromium (apt); it never downloads a browser.
 PLAYWRIGHT := playwright==1.65.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -33,9 +33,19 @@ test: $(STAMP) $(CI_BROWSER) check-nbdev nbtest pytest
 check-nbdev: $(STAMP)
 	$(BIN)/python tests/check_nbdev.py
 
-# nbdev-test on a fresh copy of the tracked files (no state from `make demo` or earlier runs), two notebooks at a time.
+# nbdev-test on a fresh copy of the tracked files (no state from `make demo` or earlier runs), two notebooks at a time;
+# the notebooks that pass are kept with their outputs in build/executed, which `make docs` (and tests/test_docs.py) reads.
 nbtest: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python tests/run_notebooks.py --n-workers $(NB_WORKERS) --timing
+	OMP_NUM_THREADS=1 $(BIN)/python tests/run_notebooks.py --n-workers $(NB_WORKERS) --timing --save-executed build/executed
+
+# The documentation site in _docs/ (Sphinx + myst-nb + pydata theme, offline): the executed notebooks of build/executed,
+# tutorials first, then one page per module and the API reference; notebooks missing there (or changed since) run first.
+docs: $(STAMP)
+	OMP_NUM_THREADS=1 NB_WORKERS=$(NB_WORKERS) $(BIN)/python docs/build_site.py
+
+# Retake the README's screenshots of the site (docs/screenshots/docs_*.png) with the docs browser test.
+docs-screenshots: browser-deps
+	OMP_NUM_THREADS=1 PNEUMOKIT_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_docs.py -k screenshots
 
 # Two test processes, one torch thread each (two busy processes with two threads each on two cores run several times slower).
 pytest: $(STAMP)
@@ -97,4 +107,4 @@ readme: $(STAMP)
 	$(BIN)/python tests/render_readme.py --write
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info reports
+	rm -rf $(VENV) build dist *.egg-info reports _docs
