@@ -296,7 +296,7 @@ def image_shapes(meta: pd.DataFrame, # `dicom_metadata` output (ImageId, Rows, C
 _MANIFEST_COLS = ['ImageId', 'path', 'status', 'error', 'note', 'labels_hash']
 _NO_LABELS = 'no label rows: image written without a mask'
 _UNLABELLED = 'unlabelled'  # the labels hash of an image the labels have no row for (its mask is removed)
-_DAMAGED = 'damaged'  # the status (and error prefix) of an image whose decoder complained: left out of the cache
+_DAMAGED = CacheDir.DAMAGED  # the status (and error prefix) of an image whose decoder complained: left out of the cache
 
 def _err(e: Exception) -> str: return f"{type(e).__name__}: {e}"
 

@@ -178,17 +178,42 @@ def dicom_paths(src: str | Path) -> list[Path]:
     if not files: raise FileNotFoundError(f"no DICOM files (.dcm/.dicom) under {src}")
     return files
 
+def _bad_file_id(path: Path) -> str:
+    "The ImageId of a file whose image cannot be read: from its header when that reads, else the file stem."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return image_id(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=['SOPInstanceUID']), path)
+    except Exception: return path.stem
+
+def _read_or_skip(path: Path, size: int, bad: list) -> tuple[np.ndarray | None, str]:
+    "`read_image`, or (None, its id) for a file that cannot be read: named on stderr and added to `bad`, so one file cannot sink the submission."
+    try: return read_image(path, size)
+    except Exception as e:
+        print(f"kernel: cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): its row is written empty",
+              file=sys.stderr)
+        bad.append((str(path), (iid := _bad_file_id(path))))
+        return None, iid
+
 def predict(model: Ensemble, # the loaded export
             src: str | Path, # folder of test DICOMs (any depth)
             bs: int = 8, # images per batch
+            bad: list | None = None, # collects (file, ImageId) of the files that could not be read (all-zero maps; `main` writes their rows empty)
            ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    "ImageIds, uint8 maps (N, size, size) and image-level probabilities (or None) of every DICOM under `src`."
-    ids, maps, cls, files = [], [], [], dicom_paths(src)
+    "ImageIds, uint8 maps (N, size, size) and image-level probabilities (or None) of every DICOM under `src`; an unreadable file gets an all-zero map."
+    ids, maps, cls, files, bad = [], [], [], dicom_paths(src), [] if bad is None else bad
     for s in range(0, len(files), bs):
-        imgs, bids = zip(*(read_image(f, model.size) for f in files[s:s + bs]))
-        p, c = model(np.stack(imgs))
-        ids += bids; maps.append(to_uint8(p)); cls.append(c)
-    return ids, np.concatenate(maps), None if cls[0] is None else np.concatenate(cls)
+        imgs, bids = zip(*(_read_or_skip(f, model.size, bad) for f in files[s:s + bs]))
+        ok = [i for i, im in enumerate(imgs) if im is not None]
+        m, c = np.zeros((len(imgs), model.size, model.size), np.uint8), None
+        if ok:
+            p, pc = model(np.stack([imgs[i] for i in ok]))
+            m[ok] = to_uint8(p)
+            if pc is not None: c = np.zeros(len(imgs), np.float32); c[ok] = pc
+        ids += bids; maps.append(m); cls.append(c)
+    have_cls = any(c is not None for c in cls)
+    return ids, np.concatenate(maps), np.concatenate([np.zeros(len(m), np.float32) if c is None else c
+                                                      for m, c in zip(maps, cls)]) if have_cls else None
 
 def main(argv=None):
     "`python <this file> SIDECAR DICOMS SUBMISSION [--onnx] [--bs N]`: predict every DICOM and write the submission CSV."
@@ -197,8 +222,10 @@ def main(argv=None):
     ap.add_argument('--onnx', action='store_true'); ap.add_argument('--bs', type=int, help="default: the run's, as `predict` batches")
     a = ap.parse_args(argv)
     model = Ensemble(a.sidecar, onnx=a.onnx)
-    ids, maps, cls = predict(model, a.dicoms, a.bs or int(model.meta.get('bs', 8)))
+    ids, maps, cls = predict(model, a.dicoms, a.bs or int(model.meta.get('bs', 8)), bad := [])
     sub = submission(maps, ids, model.rule, cls, int(model.meta['out_size']))
+    sub.loc[sub.ImageId.isin([i for _, i in bad]), 'EncodedPixels'] = '-1'  # whatever the rule makes of a zero map
     sub.to_csv(a.submission, index=False)
-    print(f"{a.submission}: {len(sub)} images, {int((sub.EncodedPixels != '-1').sum())} with a mask")
+    print(f"{a.submission}: {len(sub)} images, {int((sub.EncodedPixels != '-1').sum())} with a mask"
+          + (f"; {len(bad)} unreadable file(s) written empty, e.g. {bad[0][0]}" if bad else ''))
     return sub

@@ -95,6 +95,7 @@ class CacheDir(_Owner):
     "A PNG cache of 2D images: `<root>/<size>/images/<ImageId>.png`, `<root>/<size>/masks/<ImageId>.png` (0/255), `manifest.csv`."
     manifest = _file('manifest.csv')
     labels = _file('labels.csv')  # Kaggle RLE labels at 1024² converted from a PNG set's masks (`pneumokit.png`)
+    DAMAGED = 'damaged'  # the manifest status of an image whose decoder complained: not cached, not trained on
     def images(self, size: int) -> Path: return self.root/str(int(size))/'images'
     def masks(self, size: int) -> Path: return self.root/str(int(size))/'masks'
     def image(self, size: int, image_id: str) -> Path: return self.images(size)/f'{image_id}.png'
@@ -127,6 +128,14 @@ def missing(self: CacheDir, size: int, ids: Sequence[str], masks: bool = False) 
     "The ids without an image (or mask) PNG at `size`, in the order given."
     have = {p.stem for p in (self.masks(size) if masks else self.images(size)).glob('*.png')}
     return [i for i in ids if i not in have]
+
+@patch
+def left_out(self: CacheDir) -> list[str]:
+    "The ids the manifest marks damaged (`CacheDir.DAMAGED`): `build_cache` did not cache them, training leaves them out."
+    if not self.manifest.is_file(): return []
+    try: man = pd.read_csv(self.manifest, dtype=str, keep_default_na=False, usecols=['ImageId', 'status'])
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError): return []
+    return man.ImageId[man.status == self.DAMAGED].tolist()
 
 @patch
 def read_masks(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
