@@ -13,8 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'DISK_MARGIN', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything',
-           'available_devices', 'get_device', 'default_workers', 'WriteError', 'atomic_write', 'write_bytes_atomic',
-           'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest', 'show_figures_inline']
+           'available_devices', 'get_device', 'default_workers', 'parallel_map', 'WriteError', 'atomic_write',
+           'write_bytes_atomic', 'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest',
+           'show_figures_inline']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -106,6 +107,26 @@ def default_workers() -> int:
     "Worker processes to use for parallel work: the CPU cores this process may run on."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
+
+def _die_with_parent(parent: int):
+    "In a worker process: have Linux kill it when its parent dies (`PR_SET_PDEATHSIG`), so a killed command leaves no workers behind."
+    with contextlib.suppress(Exception):
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent: os._exit(1)  # the parent died before the request was made
+
+def parallel_map(f, # called on each item (a picklable, module-level function)
+                 items: list, # the work
+                 n_workers: int, # worker processes; 0: in this process
+                 progress: bool = False, # progress bar
+                 **kwargs, # passed to `f`
+                ) -> list:
+    "`[f(x, **kwargs) for x in items]` in `n_workers` processes (fastcore's pool), in order; the workers die with this process, even with `kill -9`."
+    from fastcore.parallel import ProcessPoolExecutor
+    from fastprogress.fastprogress import progress_bar
+    with ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
+        r = ex.map(f, items, **kwargs)
+        return list(progress_bar(r, total=len(items), leave=False) if progress else r)
 
 # %% ../nbs/00_core.ipynb #5457559f
 DISK_MARGIN = 2**20  # bytes wanted free beyond a write's known size (`check_dest`); less free is a full disk

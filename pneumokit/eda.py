@@ -16,7 +16,7 @@ from fastcore.parallel import parallel
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from .core import SIIM_SIZE, check_int, default_workers, write_bytes_atomic
+from .core import SIIM_SIZE, check_int, default_workers, parallel_map, write_bytes_atomic
 from .dicom import DamagedImageWarning, dicom_metadata, image_id_of, list_dicoms, read_dicom
 from .layout import PngSiimDir
 from .png import PNG_CHECKS, PngSet, image_size, png_findings, png_labels, png_set, read_image
@@ -402,7 +402,7 @@ def audit(labels: str | Path | pd.DataFrame | None, # label CSV or DataFrame (Im
         df = _as_labels(labels, allow_blank=True)  # blank cells become findings
         paths = list_dicoms(folder)
         n = min(default_workers() if n_workers is None else n_workers, len(paths))
-        rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
+        rows = parallel_map(_audit_file, paths, n, progress) if paths else []
         files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error', 'damaged']).astype({'header': bool})
         shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
     found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _row_findings(df, src, shapes)
