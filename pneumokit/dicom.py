@@ -182,7 +182,10 @@ _COMPLAINT = re.compile(r'corrupt|premature end|truncat|bogus|invalid|huffman|ma
 def _decoder_messages():
     "Collect what C decoders (libjpeg in OpenCV, Pillow, pylibjpeg) print on file descriptor 2 while the block runs: they warn there, where Python never sees it."
     with contextlib.suppress(Exception): sys.stderr.flush()
-    said, saved = [], os.dup(2)
+    said = []
+    try: saved = os.dup(2)
+    except OSError:  # no stderr to watch (closed): decode without listening
+        yield said; return
     with tempfile.TemporaryFile() as t:
         os.dup2(t.fileno(), 2)
         try: yield said

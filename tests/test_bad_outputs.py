@@ -45,6 +45,11 @@ def test_out_size_out_of_range_names_the_option(tmp_path, v):
     msg = fails('submit', maps(tmp_path), tmp_path/'s.csv', *TRIPLET, '--out-size', v, needles=['--out-size', f'got {v}'])
     assert 'factor' not in msg and not (tmp_path/'s.csv').exists()
 
+def test_slice_workers_out_of_range_names_the_option(tmp_path):
+    from pneumokit.volumes import make_synthetic_spine
+    make_synthetic_spine(tmp_path/'spine', n_cases=2, seed=0)
+    fails('slice', tmp_path/'spine', tmp_path/'cache', '--size', 32, '--workers', -1, needles=['n_workers', 'got -1'])
+
 # ------------------------------------------------------------------------------------------ written files follow the umask
 
 @pytest.mark.parametrize('umask', [0o022, 0o077])
