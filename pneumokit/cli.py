@@ -263,7 +263,7 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
            area: int = None, # triplet: minimum pixels above `top`, counted at the maps' size
            bottom: float = None, # triplet: mask threshold (0-1)
            sample: str = None, # sample_submission.csv to validate the ids against
-           out_size: int = 1024, # side of the submitted masks
+           out_size: int = 1024, # side of the submitted masks of images whose size `predict` did not record (PNG/JPG sets); DICOMs' are their own
           ) -> Path:
     "Binarise the maps with the searched (or given) rule, RLE-encode, validate and write the submission."
     rule = _cli_rule(thresholds, top, area, bottom)

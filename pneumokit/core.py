@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #8244b3f6
 from __future__ import annotations
 import contextlib, errno, os, random, shutil, tempfile, warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'DISK_MARGIN', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything',
-           'available_devices', 'get_device', 'default_workers', 'WriteError', 'atomic_write', 'write_bytes_atomic',
-           'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest', 'show_figures_inline']
+           'available_devices', 'get_device', 'default_workers', 'parallel_map', 'WriteError', 'atomic_write',
+           'write_bytes_atomic', 'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest',
+           'show_figures_inline']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -106,6 +108,26 @@ def default_workers() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+def _die_with_parent(parent: int):
+    "In a worker process: have Linux kill it when its parent dies (`PR_SET_PDEATHSIG`), so a killed command leaves no workers behind."
+    with contextlib.suppress(Exception):
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent: os._exit(1)  # the parent died before the request was made
+
+def parallel_map(f, # called on each item (a picklable, module-level function)
+                 items: list, # the work
+                 n_workers: int, # worker processes; 0: in this process
+                 progress: bool = False, # progress bar
+                 **kwargs, # passed to `f`
+                ) -> list:
+    "`[f(x, **kwargs) for x in items]` in `n_workers` processes (fastcore's pool), in order; the workers die with this process, even with `kill -9`."
+    from fastcore.parallel import ProcessPoolExecutor
+    from fastprogress.fastprogress import progress_bar
+    with ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
+        r = ex.map(f, items, **kwargs)
+        return list(progress_bar(r, total=len(items), leave=False) if progress else r)
+
 # %% ../nbs/00_core.ipynb #5457559f
 DISK_MARGIN = 2**20  # bytes wanted free beyond a write's known size (`check_dest`); less free is a full disk
 
@@ -141,15 +163,23 @@ def _failed_write(e: BaseException, tmp: str, folder: Path) -> bool:
     if isinstance(e, WriteError) or not isinstance(e, Exception): return False
     return (isinstance(e, OSError) and e.filename in (None, tmp)) or _disk_full(folder)
 
+def _umask() -> int:
+    "The process's umask, read without changing it where Linux says it (`/proc/self/status`), else set and restored at once."
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open('/proc/self/status') as f: return int(next(l for l in f if l.startswith('Umask:')).split()[1], 8)
+    old = os.umask(0o022); os.umask(old)
+    return old
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, # final file name
                  mode: str = 'wb', # 'wb' or 'w'
                  **kwargs): # passed to `open` (e.g. `encoding`, `newline`)
-    "Open a temporary file beside `path`; on success it replaces `path`, on error it is removed. A failed write is a `WriteError` naming `path`."
+    "Open a temporary file beside `path`; on success it replaces `path` with the mode a plain `open` gives (the umask's), on error it is removed. A failed write is a `WriteError` naming `path`."
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: others of the team could not read a model or submission
     except OSError as e: raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, mode, **kwargs) as f: yield f
@@ -224,14 +254,28 @@ def _check_space(d: Path, size: int, where: str):
     if free < size + DISK_MARGIN:
         raise ValueError(f"{where}: needs {_human(size)} (+{_human(DISK_MARGIN)} margin) but {str(d)!r} has {_human(free)} free")
 
+def _same(a: Path, b: Path) -> bool:
+    "Are `a` and `b` one file or folder: the same resolved path, or (both existing) the same inode, as through a hard link?"
+    if a.resolve() == b.resolve(): return True
+    try: return os.path.samefile(a, b)
+    except OSError: return False
+
+def _check_not_input(path: Path, inputs: Iterable, where: str):
+    "A `ValueError` when the output `path` is one of the command's `inputs`: writing it would destroy what is being read."
+    for p in inputs:
+        if p is not None and _same(path, Path(p).expanduser()):
+            raise ValueError(f"{where} is also an input of this command ({str(p)!r}): it would be written over; choose another destination")
+
 def check_dest(path: str | Path, # the file (or, with `folder`, the folder) to be written
                what: str = 'output', # what it is, for the message ('submission', '--out', 'PNG cache', ...)
                size: int | None = None, # bytes the output will take, when known: checked against the free space
                folder: bool = False, # `path` is a folder to write files into (it may exist already)
+               inputs: Iterable = (), # the command's input files and folders (None skipped): none may be `path` itself
               ) -> Path:
-    "`path` once it can be written: folder made and writable, not a folder (a file), room for `size` bytes; else a `ValueError` naming it and why."
+    "`path` once it can be written: not one of `inputs`, folder made and writable, not a folder (a file), room for `size` bytes; else a `ValueError` naming it and why."
     path = Path(path).expanduser()
     where = f"{what} {str(path)!r}"
+    _check_not_input(path, inputs, where)
     if folder and path.exists() and not path.is_dir(): raise ValueError(f"{where} is a file, expected a folder")
     if not folder and path.is_dir(): raise ValueError(f"{where} is a folder, expected a file name")
     d = path if folder else path.parent

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_dicom.ipynb #ef7806d8
 from __future__ import annotations
-import hashlib, io, re, warnings
+import contextlib, hashlib, io, os, re, sys, tempfile, warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pydicom
-from fastcore.parallel import parallel
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
@@ -22,13 +21,13 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          RLETransferSyntaxes)
 
-from .core import atomic_write, check_bool, check_int, default_workers, write_bytes_atomic
+from .core import atomic_write, check_bool, check_int, default_workers, parallel_map, write_bytes_atomic
 from .layout import CacheDir
 from .rle import check_labels, group_labels, masks_from_rles, read_labels
 
 # %% auto #0
-__all__ = ['DICOM_READER', 'DicomError', 'list_dicoms', 'image_id_of', 'read_dicom', 'dicom_metadata', 'image_shapes',
-           'rles_by_id', 'ImageReader', 'build_cache']
+__all__ = ['DICOM_READER', 'DicomError', 'list_dicoms', 'image_id_of', 'DamagedImageWarning', 'read_dicom', 'dicom_metadata',
+           'image_shapes', 'rles_by_id', 'image_header', 'ImageReader', 'build_cache']
 
 # %% ../nbs/02_dicom.ipynb #6a66b2d3
 class DicomError(ValueError):
@@ -174,12 +173,46 @@ def _to_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 # %% ../nbs/02_dicom.ipynb #b5b45b4a
 _PIXEL_TAGS = ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')
 
+class DamagedImageWarning(UserWarning):
+    "Pixels decoded while the decoder complained (corrupt or cut JPEG data): part of the image may be flat grey. Names the file."
+
+_COMPLAINT = re.compile(r'corrupt|premature end|truncat|bogus|invalid|huffman|marker', re.IGNORECASE)
+
+@contextlib.contextmanager
+def _decoder_messages():
+    "Collect what C decoders (libjpeg in OpenCV, Pillow, pylibjpeg) print on file descriptor 2 while the block runs: they warn there, where Python never sees it."
+    with contextlib.suppress(Exception): sys.stderr.flush()
+    said = []
+    try: saved = os.dup(2)
+    except OSError:  # no stderr to watch (closed): decode without listening
+        yield said; return
+    with tempfile.TemporaryFile() as t:
+        os.dup2(t.fileno(), 2)
+        try: yield said
+        finally:
+            os.dup2(saved, 2); os.close(saved)
+            t.seek(0); said.append(t.read().decode(errors='replace'))
+
+def _complaint(said: list[str]) -> str:
+    "The decoder's complaints (one line), or ''; what else it printed is passed on to stderr."
+    text = ''.join(said)
+    bad = [l.strip() for l in text.splitlines() if _COMPLAINT.search(l)]
+    if not bad and text: sys.stderr.write(text)
+    return '; '.join(dict.fromkeys(bad))
+
 def _decode(ds: Dataset, path: Path, size: int | None = None) -> np.ndarray:
-    "uint8 (H, W) pixels of `ds`, 0 = black, decoded at a reduced JPEG scale when `size` allows."
+    "uint8 (H, W) pixels of `ds`, 0 = black, decoded at a reduced JPEG scale when `size` allows; a `DamagedImageWarning` when the decoder complained."
     if not any(t in ds for t in _PIXEL_TAGS):
         raise DicomError(f"{path}: no Pixel Data (7FE0,0010) element (a truncated file, or a DICOM without an image)")
-    img = _decode_jpeg(ds, size) if _is_plain_jpeg(ds) else None
-    if img is None: img = _to_uint8(_pydicom_pixels(ds, path), ds)
+    with warnings.catch_warnings(record=True) as caught, _decoder_messages() as said:
+        warnings.simplefilter('always')
+        img = _decode_jpeg(ds, size) if _is_plain_jpeg(ds) else None
+        if img is None: img = _to_uint8(_pydicom_pixels(ds, path), ds)
+    for w in caught:  # pydicom's own warnings, shown after stderr is back
+        if _COMPLAINT.search(str(w.message)): said.append(str(w.message))
+        else: warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if why := _complaint(said):
+        warnings.warn(f"{path}: damaged image, the decoder said: {why[:300]}", DamagedImageWarning, stacklevel=2)
     return 255 - img if ds.get('PhotometricInterpretation') == 'MONOCHROME1' else img
 
 def _resize(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -239,7 +272,7 @@ def _run(f, items: list, n_workers: int | None, progress: bool, **kwargs) -> lis
     "`f` over `items` in worker processes (`fastcore.parallel`); `n_workers=0` runs serially."
     if not items: return []
     n = default_workers() if n_workers is None else check_int('n_workers', n_workers, 0)
-    return list(parallel(f, items, n_workers=min(n, len(items)), progress=progress, **kwargs))
+    return parallel_map(f, items, min(n, len(items)), progress, **kwargs)  # its workers die with a killed command
 
 # %% ../nbs/02_dicom.ipynb #75734fa2
 def dicom_metadata(paths_or_folder: str | Path | Iterable[str | Path], # a folder (searched at any depth), a file, or files
@@ -265,6 +298,7 @@ def image_shapes(meta: pd.DataFrame, # `dicom_metadata` output (ImageId, Rows, C
 _MANIFEST_COLS = ['ImageId', 'path', 'status', 'error', 'note', 'labels_hash']
 _NO_LABELS = 'no label rows: image written without a mask'
 _UNLABELLED = 'unlabelled'  # the labels hash of an image the labels have no row for (its mask is removed)
+_DAMAGED = CacheDir.DAMAGED  # the status (and error prefix) of an image whose decoder complained: left out of the cache
 
 def _err(e: Exception) -> str: return f"{type(e).__name__}: {e}"
 
@@ -292,14 +326,18 @@ def rles_by_id(labels: str | Path | pd.DataFrame | None, # label CSV, or a `read
     return dict(zip(g.ImageId, g.rles))
 
 # %% ../nbs/02_dicom.ipynb #23e22041
+def image_header(path: str | Path, # a DICOM file (only its header is read)
+                ) -> tuple[str, tuple[int, int] | None]:
+    "(ImageId, (Rows, Columns) or None when the header lacks them) from one read of the header; errors name the file."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=_INVALID_UID_WARNING)
+        ds = _dcmread(Path(path), stop_before_pixels=True, specific_tags=['SOPInstanceUID', 'Rows', 'Columns'])
+    shape = (int(ds.Rows), int(ds.Columns)) if ds.get('Rows') and ds.get('Columns') else None
+    return image_id_of(ds), shape
+
 def _header_or_error(path: Path) -> tuple[str | None, tuple[int, int] | None, str]:
     "(ImageId, (Rows, Columns) or None, '') from the header alone, or (None, None, why it could not be read)."
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message=_INVALID_UID_WARNING)
-            ds = _dcmread(Path(path), stop_before_pixels=True, specific_tags=['SOPInstanceUID', 'Rows', 'Columns'])
-        shape = (int(ds.Rows), int(ds.Columns)) if ds.get('Rows') and ds.get('Columns') else None
-        return image_id_of(ds), shape, ''
+    try: return *image_header(path), ''
     except Exception as e: return None, None, _err(e)
 
 def _dicom_pixels(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -360,7 +398,13 @@ def _cache_one(item: tuple, dest: CacheDir, sizes: tuple[int, ...], reader: Imag
     "Decode one image file once and write its PNGs at every size (removing a mask it no longer has); '' or the error (never raises)."
     path, image_id, rles, unlabelled = item
     try:
-        img, shape = reader.pixels(Path(path), sizes[0])  # sizes[0] is the largest
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', DamagedImageWarning)
+            img, shape = reader.pixels(Path(path), sizes[0])  # sizes[0] is the largest
+        if damaged := [str(w.message) for w in caught if issubclass(w.category, DamagedImageWarning)]:
+            for s in sizes: dest.image(s, image_id).unlink(missing_ok=True)  # never trained on, even from an older cache
+            return f"{_DAMAGED}: {damaged[0]}"
+        for w in caught: warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         mask = None if rles is None else masks_from_rles(rles, shape=shape, image_id=image_id)
         for s in sizes:
             _write_png(dest.image(s, image_id), _resize(img, s))
@@ -380,11 +424,12 @@ def _earlier_rows(man: pd.DataFrame, dest: CacheDir) -> pd.DataFrame:
 def _finish(man: pd.DataFrame, dest: CacheDir, kind: str = 'DICOM') -> pd.DataFrame:
     "Write the manifest atomically (after the rows of images cached before from other files) and warn, in one line, when anything failed."
     with atomic_write(dest.manifest, 'w', newline='') as f: pd.concat([_earlier_rows(man, dest), man]).to_csv(f, index=False)
-    failed = man[man.status == 'failed']
-    if len(failed):
-        eg = '; '.join(f"{Path(p).name}: {e[:200]}" for p, e in zip(failed.path.iloc[:3], failed.error.iloc[:3]))
-        warnings.warn(f"build_cache: {len(failed)} of {len(man)} {kind}s failed ({eg}{'; …' if len(failed) > 3 else ''}); "
-                      f"all are listed in {dest.manifest}")
+    for status, said in (('failed', 'failed'), (_DAMAGED, 'are damaged and left out of training')):
+        failed = man[man.status == status]
+        if len(failed):
+            eg = '; '.join(f"{Path(p).name}: {e[:200]}" for p, e in zip(failed.path.iloc[:3], failed.error.iloc[:3]))
+            warnings.warn(f"build_cache: {len(failed)} of {len(man)} {kind}s {said} ({eg}{'; …' if len(failed) > 3 else ''}); "
+                          f"all are listed in {dest.manifest}")
     return man
 
 def _check_matches(heads: list[tuple], rles: dict | None, labels, src, kind: str = 'DICOM'):
@@ -418,6 +463,7 @@ def build_cache(src: str | Path | Iterable[str | Path], # DICOM folder (searched
     items = [(man.path[i], man.ImageId[i], None if rles is None else rles.get(man.ImageId[i]),
               rles is not None and man.ImageId[i] not in rles) for i in todo]
     errs = _run(_cache_one, items, n_workers, progress, dest=dest, sizes=sizes, reader=reader)
-    if len(todo): man.loc[todo, 'error'], man.loc[todo, 'status'] = errs, ['failed' if e else 'written' for e in errs]
-    man.loc[man.status == 'failed', 'labels_hash'] = ''  # half-written: rebuilt next time
+    if len(todo): man.loc[todo, 'error'], man.loc[todo, 'status'] = errs, [_DAMAGED if e.startswith(_DAMAGED) else 'failed' if e
+                                                                             else 'written' for e in errs]
+    man.loc[man.status.isin(['failed', _DAMAGED]), 'labels_hash'] = ''  # half-written or left out: tried again next time
     return _finish(man, dest, reader.kind)

@@ -16,8 +16,8 @@ from fastcore.parallel import parallel
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from .core import SIIM_SIZE, check_int, default_workers, write_bytes_atomic
-from .dicom import dicom_metadata, image_id_of, list_dicoms, read_dicom
+from .core import SIIM_SIZE, check_int, default_workers, parallel_map, write_bytes_atomic
+from .dicom import DamagedImageWarning, dicom_metadata, image_id_of, list_dicoms, read_dicom
 from .layout import PngSiimDir
 from .png import PNG_CHECKS, PngSet, image_size, png_findings, png_labels, png_set, read_image
 from .rle import group_labels, label_problems, masks_from_rles, read_labels, rle_decode
@@ -295,6 +295,7 @@ AUDIT_CHECKS = {
     'blank-label': "a labels row with a blank EncodedPixels (write '-1' for no mask)",
     'invalid-rle': "an RLE that does not decode inside its image's Rows x Columns (1024 x 1024 without a DICOM)",
     'unreadable-dicom': 'a file whose header or pixels cannot be read (reason: the error)',
+    'damaged-image': "a file whose pixels decode only with the decoder complaining (corrupt JPEG data): part may be flat grey",
     'unexpected-size': 'a DICOM whose Rows x Columns is not expected_size x expected_size',
     'duplicate-dicom': 'two or more files with the same ImageId (one row per file)',
     **PNG_CHECKS,  # a PNG/JPG set's masks and images (`pneumokit.png`)
@@ -305,11 +306,16 @@ _AUDIT_COLS = ['check', 'ImageId', 'file', 'reason']
 def _audit_file(path: str | Path, # one DICOM
                ) -> dict:
     "Id, size and readability of one DICOM: the header, then a cheap decode of the pixels."
-    r = dict(file=str(path), ImageId=Path(path).stem, header=False, Rows=0, Columns=0, error=None)
+    r = dict(file=str(path), ImageId=Path(path).stem, header=False, Rows=0, Columns=0, error=None, damaged=None)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         r.update(ImageId=image_id_of(ds), Rows=int(ds.Rows), Columns=int(ds.Columns), header=True)
-        read_dicom(path, size=64)  # a truncated file can have a fine header
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', DamagedImageWarning)
+            read_dicom(path, size=64)  # a truncated file can have a fine header; damaged JPEG data decodes with a complaint
+        for w in caught:
+            if issubclass(w.category, DamagedImageWarning): r['damaged'] = str(w.message).removeprefix(f'{path}: ')
+            else: warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except Exception as e: r['error'] = f'{type(e).__name__}: {e}'
     return r
 
@@ -337,6 +343,8 @@ def _file_findings(files: pd.DataFrame, expected_size: int | None) -> list[dict]
     "Unreadable files, sizes other than `expected_size`, and ids held by several files."
     out = [dict(check='unreadable-dicom', ImageId=f.ImageId, file=f.file, reason=f.error)
            for f in files[files.error.notna()].itertuples()]
+    if 'damaged' in files:
+        out += [dict(check='damaged-image', ImageId=f.ImageId, file=f.file, reason=f.damaged) for f in files[files.damaged.notna()].itertuples()]
     if expected_size:
         odd = files[files.header & ((files.Rows != expected_size) | (files.Columns != expected_size))]
         out += [dict(check='unexpected-size', ImageId=f.ImageId, file=f.file,
@@ -394,8 +402,8 @@ def audit(labels: str | Path | pd.DataFrame | None, # label CSV or DataFrame (Im
         df = _as_labels(labels, allow_blank=True)  # blank cells become findings
         paths = list_dicoms(folder)
         n = min(default_workers() if n_workers is None else n_workers, len(paths))
-        rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
-        files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error']).astype({'header': bool})
+        rows = parallel_map(_audit_file, paths, n, progress) if paths else []
+        files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error', 'damaged']).astype({'header': bool})
         shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
     found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _row_findings(df, src, shapes)
              + _file_findings(files, expected_size) + extra)

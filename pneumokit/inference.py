@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core import atomic_write, check_dest, check_int, get_device, write_bytes_atomic
 from .data import imagenet_stats
-from .dicom import image_id_of, list_dicoms, read_dicom
-from .layout import RunDir, maps_cls, maps_ids
+from .dicom import image_header, image_id_of, list_dicoms, read_dicom
+from .layout import MAP_SHAPE_COLS, RunDir, maps_cls, maps_ids
 from .png import read_image
 from .models import _check_models, ensemble_outputs, mean_probs
 from .recipe import Recipe, load_checkpoints
@@ -251,22 +251,23 @@ def dicom_files(src: str | Path | Sequence[str | Path], # DICOM folder (any dept
     return files
 
 # %% ../nbs/11_inference.ipynb #98d046c4
-def _image_ids(files: Sequence[Path]) -> list[str]:
-    "The ImageId of each DICOM (headers only), or a `ValueError` naming two files that share one."
-    ids, seen = [], {}
+def _image_ids(files: Sequence[Path]) -> tuple[list[str], list[tuple[int, int] | None]]:
+    "The ImageId and (Rows, Columns) of each DICOM (one read of each header), or a `ValueError` naming two files that share an id."
+    ids, shapes, seen = [], [], {}
     for f in files:
-        i = image_id_of(f)
+        i, hw = image_header(f)
         if i in seen: raise ValueError(f"{seen[i]} and {f} have the same ImageId {i}: a submission has one row per image, remove one")
-        seen[i] = f; ids.append(i)
-    return ids
+        seen[i] = f; ids.append(i); shapes.append(hw)
+    return ids, shapes
 
-def _test_images(src) -> tuple[list[Path], list[str], Callable]:
-    "Files, ImageIds and reader of the test images: DICOMs, or a PNG set's {ImageId: image} (`pneumokit.png`)."
+def _test_images(src) -> tuple[list[Path], list[str], Callable, list]:
+    "Files, ImageIds, reader and (Rows, Columns) (None: unknown) of the test images: DICOMs, or a PNG set's {ImageId: image} (`pneumokit.png`)."
     if not isinstance(src, Mapping):
         files = dicom_files(src)
-        return files, _image_ids(files), read_dicom
+        ids, shapes = _image_ids(files)
+        return files, ids, read_dicom, shapes
     if not src: raise ValueError("no test images: the PNG set's test split is empty")
-    return [Path(p) for p in src.values()], list(src), read_image
+    return [Path(p) for p in src.values()], list(src), read_image, [None] * len(src)
 
 def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_models(run)`)
                    src: str | Path | Sequence[str | Path] | Mapping[str, str | Path], # DICOM folder (any depth) or files; or ImageId → PNG/JPG (`PngSet.images`)
@@ -282,12 +283,14 @@ def predict_dicoms(models: Sequence[nn.Module], # the ensemble (e.g. `load_fold_
     models, _, dest = _check_models(models), get_tta(tta), _check_dest(dest)
     size, bs, device = check_int('size', size), check_int('bs', bs), get_device(device)
     check_int('n_workers', n_workers, 0)
-    files, ids, read = _test_images(src)
+    files, ids, read, shapes = _test_images(src)
     out_hw = _size_pair(out_size, 'out_size')
     dl = DataLoader(DicomDataset(files, size, ids, read), batch_size=bs, num_workers=n_workers, pin_memory=device.type == 'cuda')
     to_x = lambda batch: normalise(batch[0].to(device, non_blocking=True))
     path = _stream(models, dl, to_x, len(files), dest, tta, out_hw, device)
     df = pd.DataFrame(dict(ImageId=ids, path=[str(f) for f in files]))
+    if any(shapes):  # each DICOM's own size: `submit` encodes its mask on that grid (`pneumokit.layout.read_map_shapes`)
+        df = df.assign(**{c: pd.array([hw[k] if hw else None for hw in shapes], dtype='Int64') for k, c in enumerate(MAP_SHAPE_COLS)})
     with _writing(maps_ids(dest)): write_bytes_atomic(maps_ids(dest), df.to_csv(index=False).encode())
     return df, path
 

@@ -126,21 +126,29 @@ def to_uint8(p: np.ndarray) -> np.ndarray:
     "Probabilities as the uint8 0-255 maps `pneumokit predict` stores."
     return (np.clip(np.asarray(p, np.float32), 0, 1) * 255).round().astype(np.uint8)
 
-def _at(m: np.ndarray, size: int) -> np.ndarray:
-    return m if m.shape == (size, size) else cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)
+def _at(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    return m if m.shape == hw else cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+def _rule_at(rule: dict, hw: tuple[int, int], size: int) -> dict:
+    "The rule for an image of `hw` pixels: its pixel count (`area`, at `size`²) scaled to the image, as `pneumokit submit` does."
+    f = hw[0] * hw[1] / size**2
+    return rule if f == 1 or 'area' not in rule else {**rule, 'area': int(round(rule['area'] * f))}
 
 def submission(maps: np.ndarray, # uint8 (N, H, W) maps
                ids, # ImageId of each map
                rule: dict, # the sidecar's `rule`, its areas in pixels at `size`
                cls=None, # image-level probabilities (N,), for the classifier rule
-               size: int = 1024, # side of the submitted masks
+               size: int = 1024, # side of the submitted masks (and of the rule's pixel counts)
+               shapes=None, # each image's own (Rows, Columns) (None: `size`²): its mask is encoded on that grid
               ) -> pd.DataFrame:
-    "`ImageId,EncodedPixels` of the maps under `rule`, as `pneumokit submit` writes them."
+    "`ImageId,EncodedPixels` of the maps under `rule`, each on its own image's grid, as `pneumokit submit` writes them."
     first, one = RULES[rule['rule']] if rule.get('rule') in RULES else (None, None)
     if one is None: rule_masks(rule, maps[:0])  # the error naming the rule
     keep = first(rule, maps) if first else np.ones(len(maps), bool)
     cs = [None] * len(maps) if cls is None else cls
-    rles = [rle_encode(m) if k and (m := one(rule, _at(p, size), c)) is not None else '-1' for p, c, k in zip(maps, cs, keep)]
+    hws = [hw or (size, size) for hw in (shapes or [None] * len(maps))]
+    rles = [rle_encode(m) if k and (m := one(_rule_at(rule, hw, size), _at(p, hw), c)) is not None else '-1'
+            for p, c, k, hw in zip(maps, cs, keep, hws)]
     return pd.DataFrame({'ImageId': list(ids), 'EncodedPixels': rles})
 
 # %% ../nbs/13a_kernel.ipynb #fd989922
@@ -219,17 +227,47 @@ def dicom_paths(src: str | Path) -> list[Path]:
     if not files: raise FileNotFoundError(f"no DICOM files (.dcm/.dicom) under {src}")
     return files
 
+def _header(path: Path) -> tuple[str, tuple[int, int] | None]:
+    "(ImageId, (Rows, Columns)) from the header alone; (file stem, None) when even that cannot be read."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=['SOPInstanceUID', 'Rows', 'Columns'])
+            return image_id(ds, path), ((int(ds.Rows), int(ds.Columns)) if ds.get('Rows') and ds.get('Columns') else None)
+    except Exception: return path.stem, None
+
+def _bad_file_id(path: Path) -> str: return _header(path)[0]
+
+def _read_or_skip(path: Path, size: int, bad: list) -> tuple[np.ndarray | None, str]:
+    "`read_image`, or (None, its id) for a file that cannot be read: named on stderr and added to `bad`, so one file cannot sink the submission."
+    try: return read_image(path, size)
+    except Exception as e:
+        print(f"kernel: cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): its row is written empty",
+              file=sys.stderr)
+        bad.append((str(path), (iid := _bad_file_id(path))))
+        return None, iid
+
 def predict(model: Ensemble, # the loaded export
             src: str | Path, # folder of test DICOMs (any depth)
             bs: int = 8, # images per batch
+            bad: list | None = None, # collects (file, ImageId) of the files that could not be read (all-zero maps; `main` writes their rows empty)
+            shapes: list | None = None, # collects each image's (Rows, Columns), the grid `submission` encodes its mask on
            ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    "ImageIds, uint8 maps (N, size, size) and image-level probabilities (or None) of every DICOM under `src`."
-    ids, maps, cls, files = [], [], [], dicom_paths(src)
+    "ImageIds, uint8 maps (N, size, size) and image-level probabilities (or None) of every DICOM under `src`; an unreadable file gets an all-zero map."
+    ids, maps, cls, files, bad = [], [], [], dicom_paths(src), [] if bad is None else bad
+    if shapes is not None: shapes += [_header(f)[1] for f in files]
     for s in range(0, len(files), bs):
-        imgs, bids = zip(*(read_image(f, model.size) for f in files[s:s + bs]))
-        p, c = model(np.stack(imgs))
-        ids += bids; maps.append(to_uint8(p)); cls.append(c)
-    return ids, np.concatenate(maps), None if cls[0] is None else np.concatenate(cls)
+        imgs, bids = zip(*(_read_or_skip(f, model.size, bad) for f in files[s:s + bs]))
+        ok = [i for i, im in enumerate(imgs) if im is not None]
+        m, c = np.zeros((len(imgs), model.size, model.size), np.uint8), None
+        if ok:
+            p, pc = model(np.stack([imgs[i] for i in ok]))
+            m[ok] = to_uint8(p)
+            if pc is not None: c = np.zeros(len(imgs), np.float32); c[ok] = pc
+        ids += bids; maps.append(m); cls.append(c)
+    have_cls = any(c is not None for c in cls)
+    return ids, np.concatenate(maps), np.concatenate([np.zeros(len(m), np.float32) if c is None else c
+                                                      for m, c in zip(maps, cls)]) if have_cls else None
 
 def main(argv=None):
     "`python <this file> SIDECAR DICOMS SUBMISSION [--program pt2|torchscript|onnx] [--bs N]`: predict every DICOM and write the submission CSV."
@@ -240,8 +278,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try: model = Ensemble(a.sidecar, a.program)
     except TorchTooOld as e: sys.exit(f"{Path(sys.argv[0]).name}: {e}")
-    ids, maps, cls = predict(model, a.dicoms, a.bs or int(model.meta.get('bs', 8)))
-    sub = submission(maps, ids, model.rule, cls, int(model.meta['out_size']))
+    ids, maps, cls = predict(model, a.dicoms, a.bs or int(model.meta.get('bs', 8)), bad := [], shapes := [])
+    sub = submission(maps, ids, model.rule, cls, int(model.meta['out_size']), shapes)
+    sub.loc[sub.ImageId.isin([i for _, i in bad]), 'EncodedPixels'] = '-1'  # whatever the rule makes of a zero map
     sub.to_csv(a.submission, index=False)
-    print(f"{a.submission}: {len(sub)} images, {int((sub.EncodedPixels != '-1').sum())} with a mask ({model.file.name} on torch {torch.__version__})")
+    print(f"{a.submission}: {len(sub)} images, {int((sub.EncodedPixels != '-1').sum())} with a mask ({model.file.name} on torch {torch.__version__})"
+          + (f"; {len(bad)} unreadable file(s) written empty, e.g. {bad[0][0]}" if bad else ''))
     return sub

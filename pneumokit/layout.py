@@ -18,8 +18,8 @@ from .core import atomic_write, write_bytes_atomic
 from .ddp import barrier, is_main
 
 # %% auto #0
-__all__ = ['read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir', 'ReportDir',
-           'maps_ids', 'maps_cls', 'read_maps', 'ExportDir']
+__all__ = ['MAP_SHAPE_COLS', 'read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir',
+           'ReportDir', 'maps_ids', 'maps_cls', 'read_maps', 'read_map_shapes', 'ExportDir']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -95,6 +95,7 @@ class CacheDir(_Owner):
     "A PNG cache of 2D images: `<root>/<size>/images/<ImageId>.png`, `<root>/<size>/masks/<ImageId>.png` (0/255), `manifest.csv`."
     manifest = _file('manifest.csv')
     labels = _file('labels.csv')  # Kaggle RLE labels at 1024² converted from a PNG set's masks (`pneumokit.png`)
+    DAMAGED = 'damaged'  # the manifest status of an image whose decoder complained: not cached, not trained on
     def images(self, size: int) -> Path: return self.root/str(int(size))/'images'
     def masks(self, size: int) -> Path: return self.root/str(int(size))/'masks'
     def image(self, size: int, image_id: str) -> Path: return self.images(size)/f'{image_id}.png'
@@ -127,6 +128,14 @@ def missing(self: CacheDir, size: int, ids: Sequence[str], masks: bool = False) 
     "The ids without an image (or mask) PNG at `size`, in the order given."
     have = {p.stem for p in (self.masks(size) if masks else self.images(size)).glob('*.png')}
     return [i for i in ids if i not in have]
+
+@patch
+def left_out(self: CacheDir) -> list[str]:
+    "The ids the manifest marks damaged (`CacheDir.DAMAGED`): `build_cache` did not cache them, training leaves them out."
+    if not self.manifest.is_file(): return []
+    try: man = pd.read_csv(self.manifest, dtype=str, keep_default_na=False, usecols=['ImageId', 'status'])
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError): return []
+    return man.ImageId[man.status == self.DAMAGED].tolist()
 
 @patch
 def read_masks(self: CacheDir, size: int, ids: Sequence[str]) -> np.ndarray:
@@ -386,6 +395,21 @@ def read_maps(maps: str | Path, # a `.npy` of probability maps written by `predi
         raise ValueError(f"{f}: not a CSV with an ImageId column ({type(e).__name__})") from None
     if len(ids) != len(arr): raise ValueError(f"{f} lists {len(ids)} images but {maps} holds {len(arr)} maps")
     return arr, ids
+
+MAP_SHAPE_COLS = ('Rows', 'Columns')  # each image's own size in the ids CSV (`predict` of DICOMs): its mask's grid in `submit`
+
+def read_map_shapes(maps: str | Path, # a `.npy` of probability maps written by `predict`
+                   ) -> list[tuple[int, int] | None]:
+    "Each map's image (Rows, Columns) as `predict` recorded it beside the maps; `None` where unknown (a PNG set, an older ids file)."
+    f = maps_ids(maps)
+    try: df = pd.read_csv(f, dtype={'ImageId': str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not a CSV with an ImageId column ({type(e).__name__})") from None
+    if not set(MAP_SHAPE_COLS) <= set(df.columns): return [None] * len(df)
+    hw = df[list(MAP_SHAPE_COLS)].apply(pd.to_numeric, errors='coerce')
+    if len(bad := hw[hw.notna().any(axis=1) & ~((hw > 0).all(axis=1) & (hw % 1 == 0).all(axis=1))]):
+        raise ValueError(f"{f}: row {bad.index[0] + 2} ({df.ImageId[bad.index[0]]}) has Rows, Columns {tuple(bad.iloc[0])}, expected positive ints")
+    return [None if r.isna().any() else (int(r.iloc[0]), int(r.iloc[1])) for _, r in hw.iterrows()]
 
 # %% ../nbs/00b_layout.ipynb #85479dd8
 class ExportDir(_Owner):

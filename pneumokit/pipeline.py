@@ -4,7 +4,7 @@
 
 # %% ../nbs/14b_pipeline.ipynb #60a36616
 from __future__ import annotations
-import shutil, tempfile, time
+import shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,13 +14,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .config import Config, config_from_dict, list_configs, load_config
-from .core import check_dest, data_dir, get_device, project_root, write_bytes_atomic
+from .core import check_dest, check_int, data_dir, get_device, project_root, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .export import export_ensemble
 from .folds import extend_folds, load_folds, make_folds, save_folds, validation_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, read_json, read_maps
+from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_map_shapes, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
@@ -97,7 +97,7 @@ def prepare(dicoms: str | Path, # DICOM folder (Kaggle layout or flat), or a PNG
     if sizes is None:
         if cfg is None: raise ValueError("prepare needs a config (its sizes) or explicit sizes")
         sizes = as_config(cfg).sizes
-    check_dest(cache, 'PNG cache', folder=True)
+    check_dest(cache, 'PNG cache', folder=True, inputs=[dicoms])
     if isinstance(src := image_source(dicoms), PngSet):
         print(f"PNG/JPG set: {src}")
         return prepare_png(src, cache, sizes=tuple(sizes), labels=labels, n_workers=n_workers, force=force, progress=progress)
@@ -113,7 +113,7 @@ def audit(labels: str | Path | None, # label CSV (train-rle.csv, stage_2_train.c
           codes: str | Sequence[str] = 'spine', # a volume folder's class codes (`pneumokit.volumes.CODE_SETS` name or names)
          ) -> pd.DataFrame:
     "Labels against DICOMs (or a PNG set's masks, or every case of a volume folder): missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files; one row each."
-    if out is not None: check_dest(out, '--out')
+    if out is not None: check_dest(out, '--out', inputs=[labels, dicoms])
     if dicoms is None and labels is not None and is_volume_folder(labels): res = audit_volumes(labels, codes)
     else: res = audit_labels(*_labels_images(labels, dicoms), expected_size=expected_size, n_workers=n_workers, progress=progress)
     if out is not None: write_bytes_atomic(out, res.to_csv(index=False).encode())
@@ -125,7 +125,7 @@ def eda(labels: str | Path | None, # label CSV, or a PNG/JPG set whose masks are
         progress: bool = True, # progress bar
        ) -> list[Path]:
     "The standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG files in `dest`."
-    check_dest(dest, 'EDA folder', folder=True)
+    check_dest(dest, 'EDA folder', folder=True, inputs=[dicoms])
     labels, dicoms = _png_labels_meta(*_labels_images(labels, dicoms))
     return save_eda_figures(labels, dicoms, Path(dest), progress=progress)
 
@@ -139,7 +139,7 @@ def split(labels: str | Path, # label CSV, or a PNG/JPG set whose masks are its 
           train_only: bool = False, # with `extend`: the new images train in every fold and are never validated (stage-2 data, pseudo-labels)
          ) -> pd.DataFrame:
     "Stratified (and, with DICOMs, patient-grouped) folds written to `dest`, or `extend`'s folds grown by new images; a slice cache (`slice`) is split by case."
-    check_dest(dest, 'folds file')
+    check_dest(dest, 'folds file', inputs=[labels, dicoms])
     if train_only and extend is None: raise ValueError("train_only marks the images added to a folds file: give the folds file to extend")
     if SliceCacheDir(labels).manifest.is_file():
         if extend is not None: raise ValueError(f"{labels} is a slice cache: its folds are made by case, not extended")
@@ -164,10 +164,18 @@ class DataKind:
     folds: Callable  # (folds file) -> the folds table the fold trainer reads
     started: Callable  # (run, cache) -> None: what a new or resumed run records beside its config
     predict: Callable  # (models, inputs, dest, cfg, run, device) -> (one row per prediction, where they went)
+    trainable: Callable = lambda folds, cache, folds_file: folds  # the folds table without what the cache left out
 
 def _png_check(cfg: Config, cache):
     if missing := [s for s in cfg.sizes if s not in CacheDir(cache).sizes()]:
         raise FileNotFoundError(f"{cache} has no images at size(s) {missing}: run `prepare` with this config first")
+
+def _png_trainable(folds: pd.DataFrame, cache, folds_file) -> pd.DataFrame:
+    "The folds without the images `prepare` found damaged (`CacheDir.left_out`), with a warning counting and naming them."
+    left = set(CacheDir(cache).left_out()) & set(folds.ImageId)
+    if left: warnings.warn(f"{len(left)} of the {len(folds)} images of {folds_file} are damaged and left out of training "
+                           f"(e.g. {', '.join(sorted(left)[:3])}; see {CacheDir(cache).manifest})")
+    return folds[~folds.ImageId.isin(left)].reset_index(drop=True) if left else folds
 
 def _png_predict(models, dicoms, dest, cfg: Config, run: RunDir, device):
     src = image_source(dicoms)  # a DICOM folder, or a PNG/JPG set's test images
@@ -208,7 +216,7 @@ def _predict_scans(models, scans, dest, cfg: Config, run: RunDir, device):
         return predict_volumes(models, t, dest, tta=cfg.inference.tta, bs=cfg.inference.bs, device=device), dest
 
 
-DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict),
+DATA_KINDS = dict(binary=DataKind('PNG cache', _png_check, load_folds, lambda run, cache: None, _png_predict, trainable=_png_trainable),
                   multiclass=DataKind('slice cache', _slice_check, _slice_folds, _slice_started, _predict_scans))
 
 def data_kind(cfg: Config, # a config
@@ -244,7 +252,7 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
     check_wandb(wandb or cfg.recipe.wandb)
     get_device(device); check_dest(run.root, 'run folder', folder=True)  # before anything is written
     kind.check(cfg, cache)
-    ff = kind.folds(folds_file)
+    ff = kind.trainable(kind.folds(folds_file), cache, folds_file)
     ids = _train_folds(cfg, ff, folds_file, fold)
     run.start(cfg.to_dict())
     run.write_info(cache, folds_file); kind.started(run, cache)
@@ -329,15 +337,18 @@ def submit(probs: str | Path, # `.npy` maps from `predict` (ids beside it)
            dest: str | Path, # submission CSV
            thresholds: str | Path | dict | ThresholdRule, # run folder, a saved rule file, a rule or a dict like it
            sample: str | Path | None = None, # sample_submission.csv to validate against
-           out_size: int = 1024, # side of the submitted masks
+           out_size: int = 1024, # side of the submitted masks of images whose size `predict` did not record (a PNG/JPG set's)
            progress: bool = True, # progress bar
           ) -> Path:
-    "Binarise the maps with the rule (pixel counts scaled from the searched map size) and write a validated submission."
-    check_dest(dest, 'submission')
+    "Binarise the maps with the rule (pixel counts scaled from the searched map size) and write a validated submission, each mask on its own image's grid."
+    out_size = check_int('out_size (--out-size)', out_size)
+    rule_file = thresholds if isinstance(thresholds, (str, Path)) else None
+    check_dest(dest, 'submission', inputs=[probs, maps_ids(probs), maps_cls(probs), rule_file, sample])
     (maps, ids), (rule, size) = read_maps(probs), _rule_at(thresholds)
+    shapes = [hw or (out_size, out_size) for hw in read_map_shapes(probs)]  # each DICOM's own Rows x Columns
     rule = rule.scaled((out_size / (size or maps.shape[-1])) ** 2)  # the search counted pixels on its own maps
     return make_submission(maps, ids, dest, rule=rule, cls_probs=_cls_probs(probs) if rule.needs_cls else None,
-                           binary=False, sample=sample, size=out_size, progress=progress)
+                           binary=False, sample=sample, size=out_size, progress=progress, shapes=shapes)
 
 def _cls_probs(probs: Path) -> np.ndarray:
     "The image-level probabilities `predict` wrote beside the maps, for a classifier rule."
@@ -512,7 +523,7 @@ def slice(volumes: str | Path, # folder of NIfTI scans and label volumes (`mask_
             f"{cfg.source or cfg.name}: `model.classes` is {cfg.recipe.classes} but the codes name {len(codes)} classes")
         size = size or max(cfg.sizes)
     if size is None: raise ValueError("slice needs a config (its size) or an explicit size")
-    check_dest(cache, 'slice cache', folder=True)
+    check_dest(cache, 'slice cache', folder=True, inputs=[volumes])
     pairs = find_volume_pairs(volumes, pattern, require_labels=False)
     return slice_volumes(pairs, cache, axis=axis, size=size, drop_empty_edges=drop_empty_edges, codes=codes,
                          n_workers=n_workers, progress=progress)
@@ -539,7 +550,7 @@ def score(preds: str | Path, # folder of predicted label volumes (`predict` of a
     "Per case and class: 3D Dice, IoU, pixel accuracy, TP/FP/FN voxels of the predictions (classes in neither left out), as CSV."
     pred, codes = VolumeDir(preds), get_codes(codes)
     dest = Path(dest) if dest else pred.scores
-    check_dest(dest, 'scores table')
+    check_dest(dest, 'scores table', inputs=[preds, volumes])
     truth = find_volume_pairs(volumes, pattern, require_labels=False).dropna(subset=['label'])
     if not len(truth): raise FileNotFoundError(f"no label volumes under {volumes}: nothing to score against")
     if missing := [c for c in truth.case if not pred.mask(c).is_file()]:

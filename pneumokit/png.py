@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_png.ipynb #3c2d003c
 from __future__ import annotations
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -96,8 +96,16 @@ _MAP_COLS = ('new_filename', 'ImageId')
 _FLAG_COL = 'has_pneumo'  # the label column id maps often carry: checked against the masks
 _FLAGS = {'1': True, '1.0': True, 'true': True, '0': False, '0.0': False, 'false': False}
 
+def _unique(pairs: Iterable[tuple[str, Path]], where) -> dict[str, Path]:
+    "ImageId → file, or a `PngError` naming both files when two give one ImageId (one of them would silently be dropped)."
+    out = {}
+    for i, p in pairs:
+        if i in out: raise PngError(f"{where}: {Path(out[i]).name} and {Path(p).name} are both ImageId {i}: keep one image per ImageId")
+        out[i] = p
+    return out
+
 def _stems(d: PngSiimDir, folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in d.image_files(folder)} if folder.is_dir() else {}
+    return _unique(((p.stem, p) for p in d.image_files(folder)), folder) if folder.is_dir() else {}
 
 def _map_split(p: Path) -> str | None:
     n = p.name.lower()
@@ -121,7 +129,7 @@ def _id_maps(d: PngSiimDir) -> dict[str, pd.DataFrame]:
 def _id_map_images(d: PngSiimDir, split: str) -> dict[str, Path]:
     m = _id_maps(d).get(split)
     if m is None: raise PngError(f"{d.root}: no id-map CSV for the {split} split (a CSV with '{split}' in its name)")
-    return {i: Path(d.id_map_images, f) for f, i in zip(m.new_filename, m.ImageId)}
+    return _unique(((i, Path(d.id_map_images, f)) for f, i in zip(m.new_filename, m.ImageId)), f"the {split} id map of {d.root}")
 
 def _id_map_flags(d: PngSiimDir) -> dict[str, bool]:
     "ImageId → the id map's `has_pneumo` of each training image that has one."
@@ -131,7 +139,8 @@ def _id_map_flags(d: PngSiimDir) -> dict[str, bool]:
 
 def _id_map_masks(d: PngSiimDir) -> dict[str, Path]:
     names = {f: i for m in _id_maps(d).values() for f, i in zip(m.new_filename, m.ImageId)}
-    return {names.get(p.name, p.stem): p for p in d.image_files(d.id_map_masks)} if d.id_map_masks.is_dir() else {}
+    if not d.id_map_masks.is_dir(): return {}
+    return _unique(((names.get(p.name, p.stem), p) for p in d.image_files(d.id_map_masks)), d.id_map_masks)
 
 # %% ../nbs/02a_png.ipynb #159413b5
 @dataclass(frozen=True)
@@ -186,7 +195,11 @@ def png_set(folder: str | Path, # a folder that may hold a PNG/JPG conversion of
     "The folder as a `PngSet` of the first layout that recognises it, else `None`."
     d = PngSiimDir(folder)
     if not d.root.is_dir(): return None
-    return next((PngSet(d, l) for l in PNG_LAYOUTS.values() if l.detect(d)), None)
+    found = [l for l in PNG_LAYOUTS.values() if l.detect(d)]
+    if len(found) > 1:  # using one would ignore the other's images without a word
+        raise PngError(f"{d.root} holds {len(found)} PNG/JPG layouts at once: " + '; '.join(f"{l.name} ({l.description})" for l in found)
+                       + ": which one is the data set? Move the other's files out of the folder")
+    return PngSet(d, found[0]) if found else None
 
 def image_source(folder: str | Path, # a DICOM folder (any depth) or a PNG/JPG set
                 ) -> PngSet | Path:

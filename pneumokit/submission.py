@@ -5,7 +5,7 @@
 # %% ../nbs/13_submission.ipynb #113c4a07
 from __future__ import annotations
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -27,12 +27,15 @@ def _check_map(m, i: int, binary: bool | None = None) -> np.ndarray:
     if m.ndim != 2: raise ValueError(f"map {i} must be 2-D (H, W), got shape {m.shape}")
     return check_maps(m, 'probs_or_masks', masks=binary is not False, start=i)
 
-def _resize(m: np.ndarray, size: int, binary: bool) -> np.ndarray:
-    "`m` at (size, size): bilinear for probabilities, nearest for masks; no copy when it is already there."
-    if m.shape == (size, size): return m
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]: return (size, size) if np.isscalar(size) else tuple(size)
+
+def _resize(m: np.ndarray, size: int | tuple[int, int], binary: bool) -> np.ndarray:
+    "`m` at (size, size) or (H, W): bilinear for probabilities, nearest for masks; no copy when it is already there."
+    h, w = _hw(size)
+    if m.shape == (h, w): return m
     if m.dtype == bool: m = m.view(np.uint8)
     elif m.dtype == np.float16: m = m.astype(np.float32)  # OpenCV cannot resize float16
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST if binary else cv2.INTER_LINEAR)
+    return cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST if binary else cv2.INTER_LINEAR)
 
 # %% ../nbs/13_submission.ipynb #2f9d4a9f
 def _as_rule(rule: ThresholdRule | None, top: float | None, min_area: int | None, bottom: float | None) -> ThresholdRule:
@@ -67,8 +70,9 @@ def encode_map(m: np.ndarray, # (H, W) probability map (uint8 0-255 / float 0-1)
     "The Kaggle RLE of one map after resizing it to `size` and binarising it with the rule (probabilities only)."
     return _map_rle(_check_map(m, 0, binary), _as_rule(rule, top, min_area, bottom), cls_prob, min_size, binary, size)
 
-def _map_rle(m: np.ndarray, rule: ThresholdRule, cls_prob: float | None, min_size: int, binary: bool | None, size: int) -> str:
-    "`encode_map` of a checked map."
+def _map_rle(m: np.ndarray, rule: ThresholdRule, cls_prob: float | None, min_size: int, binary: bool | None,
+             size: int | tuple[int, int]) -> str:
+    "`encode_map` of a checked map, at (size, size) or (H, W)."
     is_mask = m.dtype == bool if binary is None else binary
     m = _resize(m, size, is_mask)
     if is_mask: return rle_encode(m)
@@ -115,15 +119,38 @@ def _indexable(maps, n: int):
     if len(maps) != n: raise ValueError(f"probs_or_masks has {len(maps)} maps but there are {n} ids")
     return maps
 
+def _check_shapes(shapes, ids: list[str], size: int) -> list[tuple[int, int]]:
+    "Each image's (H, W): `shapes` checked (one per id, positive ints), or (size, size) for all; errors name the image."
+    if shapes is None: return [(size, size)] * len(ids)
+    shapes = list(shapes)
+    if len(shapes) != len(ids): raise ValueError(f"shapes lists {len(shapes)} images but there are {len(ids)} ids")
+    out = []
+    for i, s in zip(ids, shapes):
+        try: h, w = (int(v) for v in s); ok = (h, w) == tuple(s) and h > 0 and w > 0
+        except (TypeError, ValueError): ok = False
+        if not ok: raise ValueError(f"image {i}: its shape must be (Rows, Columns) of positive ints, got {s!r}")
+        out.append((h, w))
+    return out
+
+def _at(rule: ThresholdRule, min_size: int, hw: tuple[int, int], size: int) -> tuple[ThresholdRule, int]:
+    "The rule and `min_size`, whose pixel counts are at `size`², for an image of `hw` pixels."
+    f = hw[0] * hw[1] / size**2
+    return (rule, min_size) if f == 1 else (rule.scaled(f), int(round(min_size * f)))
+
 def _rles(probs_or_masks, n: int, rule: ThresholdRule, cls: np.ndarray | None, min_size: int, binary: bool | None,
-          size: int) -> Iterator[str]:
-    "Each map's RLE at `size`: a rule that ranks the maps first selects the kept ones (at the maps' own size; `rule.selection` checks each map)."
+          size: int, hws: list[tuple[int, int]]) -> Iterator[str]:
+    "Each map's RLE on its image's grid `hws[i]` (pixel counts scaled from `size`²): a rule that ranks the maps first selects the kept ones (at the maps' own size; `rule.selection` checks each map)."
     if rule.ranks and binary is not True:
         maps = _indexable(probs_or_masks, n)
         keep, each = rule.selection(maps, n)
-        return ('-1' if not k else _map_rle(np.asarray(m), each, None, min_size, False, size) for m, k in zip(maps, keep))
-    cs = [None] * n if cls is None else cls
-    return (_map_rle(m, rule, c, min_size, binary, size) for m, c in zip(_maps(probs_or_masks, n, binary), cs))
+        items = ((np.asarray(m) if k else None, each, None, False, hw) for m, k, hw in zip(maps, keep, hws))
+    else:
+        cs = [None] * n if cls is None else cls
+        items = ((m, rule, c, binary, hw) for m, c, hw in zip(_maps(probs_or_masks, n, binary), cs, hws))
+    for m, r, c, b, hw in items:
+        if m is None: yield '-1'; continue
+        r, ms = _at(r, min_size, hw, size)
+        yield _map_rle(m, r, c, ms, b, hw)
 
 # %% ../nbs/13_submission.ipynb #c1a22c58
 def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, W) array/memmap or iterable of (H, W) maps
@@ -137,19 +164,21 @@ def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, 
                     min_size: int = 0, # drop connected components smaller than this (pixels at 1024); 0: keep all
                     binary: bool | None = None, # None: bool maps are masks, others probabilities; True/False: force
                     sample: str | Path | pd.DataFrame | None = None, # sample submission to validate against first
-                    size: int = SIIM_SIZE, # side of the submitted masks
+                    size: int = SIIM_SIZE, # side of the submitted masks, and the side the rule's pixel counts refer to
                     progress: bool = True, # show a progress bar
+                    shapes: Sequence[tuple[int, int]] | None = None, # each image's own (Rows, Columns): its mask is encoded on that grid
                    ) -> Path:
-    "Encode every map (resize to `size`, threshold rule, RLE) and write `ImageId,EncodedPixels` to `path` atomically."
+    "Encode every map (resize to its image's grid, `size`² by default; threshold rule; RLE) and write `ImageId,EncodedPixels` to `path` atomically."
     ids = _check_ids(ids)
+    hws = _check_shapes(shapes, ids, size)
     rule = _as_rule(rule, top, min_area, bottom)  # every argument is checked before any work
     remove_small_components(np.zeros((1, 1), np.uint8), min_size)
     if isinstance(probs_or_masks, np.ndarray) and probs_or_masks.ndim == 3:  # every map before any work, a chunk at a time
         check_maps(probs_or_masks, 'probs_or_masks', masks=binary is not False)
-    rles = _rles(probs_or_masks, len(ids), rule, rule.check_cls_probs(cls_probs, len(ids)), min_size, binary, size)
+    rles = _rles(probs_or_masks, len(ids), rule, rule.check_cls_probs(cls_probs, len(ids)), min_size, binary, size, hws)
     if progress: rles = progress_bar(rles, total=len(ids), leave=False)  # not even built when off: it prints a glyph
     sub = pd.DataFrame({'ImageId': ids, 'EncodedPixels': list(rles)})
-    if sample is not None: validate_submission(sub, sample, size=size)
+    if sample is not None: validate_submission(sub, sample, size=size, shapes=dict(zip(ids, hws)))
     with atomic_write(path, 'w', newline='') as f: sub.to_csv(f, index=False)
     return Path(path)
 
@@ -178,19 +207,19 @@ def _sample_ids(sample: str | Path | pd.DataFrame) -> list[str]:
     return ids.drop_duplicates().tolist()
 
 # %% ../nbs/13_submission.ipynb #ae91044c
-def _rle_error(rle: str, image_id: str, size: int) -> str | None:
-    "Why `rle` is not a valid submission RLE for `image_id`, or `None`."
+def _rle_error(rle: str, image_id: str, size: int | tuple[int, int]) -> str | None:
+    "Why `rle` is not a valid submission RLE for `image_id` (an image of `size`² or (H, W)), or `None`."
     if rle.strip() == '': return f"{image_id}: empty EncodedPixels (use '-1')"
     if rle.strip() == '-1': return None
-    try: rle_decode(rle, (size, size), image_id=image_id)
+    try: rle_decode(rle, _hw(size), image_id=image_id)
     except ValueError as e: return str(e)
     return None
 
-def _problems(sub: pd.DataFrame, sample_ids: list[str], size: int) -> dict[str, list[str]]:
+def _problems(sub: pd.DataFrame, sample_ids: list[str], size: int, shapes: Mapping | None = None) -> dict[str, list[str]]:
     "Each kind of problem of `sub` against `sample_ids` → the offending ids (or RLE errors); empty lists when fine."
-    ids, expected = sub.ImageId.astype(str), set(sample_ids)
+    ids, expected, shapes = sub.ImageId.astype(str), set(sample_ids), shapes or {}
     got = set(ids)
-    errs = (_rle_error(str(r), i, size) for i, r in zip(ids, sub.EncodedPixels))
+    errs = (_rle_error(str(r), i, shapes.get(i, size)) for i, r in zip(ids, sub.EncodedPixels))
     return {'missing': [i for i in sample_ids if i not in got], 'extra': list(dict.fromkeys(i for i in ids if i not in expected)),
             'duplicated': _duplicates(ids.tolist()), 'invalid RLE': [e for e in errs if e is not None]}
 
@@ -198,10 +227,11 @@ def _problems(sub: pd.DataFrame, sample_ids: list[str], size: int) -> dict[str, 
 def validate_submission(sub: str | Path | pd.DataFrame, # submission CSV or DataFrame (ImageId, EncodedPixels)
                         sample: str | Path | pd.DataFrame, # sample submission: the ids Kaggle expects
                         size: int = SIIM_SIZE, # side of the masks the RLEs must fit
+                        shapes: Mapping[str, tuple[int, int]] | None = None, # ImageId → its own (Rows, Columns), where not `size`²
                        ) -> pd.DataFrame:
-    "The submission when it has exactly the sample's ids, once each, with valid RLEs; else a `ValueError` listing all problems."
+    "The submission when it has exactly the sample's ids, once each, with valid RLEs (each inside its image); else a `ValueError` listing all problems."
     df = _read_sub(sub)
-    probs = {k: v for k, v in _problems(df, _sample_ids(sample), size).items() if v}
+    probs = {k: v for k, v in _problems(df, _sample_ids(sample), size, shapes).items() if v}
     if probs:
         lines = [f"{len(v)} {k}: {_first(v)}" for k, v in probs.items()]
         raise ValueError(f"Invalid submission ({len(df)} rows): " + '; '.join(lines))

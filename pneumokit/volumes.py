@@ -4,7 +4,7 @@
 
 # %% ../nbs/13c_volumes.ipynb #170836ab
 from __future__ import annotations
-import contextlib, os, re, tempfile
+import contextlib, os, re, tempfile, zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,10 +13,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from fastcore.parallel import parallel
 from torch import Tensor, nn
 
-from .core import check_int, get_device
+from .core import check_int, get_device, parallel_map
 from .data import _check_codes
 from .dicom import _write_png
 from .inference import normalise, tta_probs
@@ -25,10 +24,10 @@ from .metrics import per_class_scores, volume_dice
 from .models import _check_models
 
 # %% auto #0
-__all__ = ['SPINE_CODES', 'CODE_SETS', 'SCANS', 'VOLUME_CHECKS', 'get_codes', 'find_volume_pairs', 'read_volume_pair',
-           'write_nifti', 'make_synthetic_spine', 'is_volume_folder', 'audit_volumes', 'slice_volumes',
-           'read_slice_cache', 'unlabelled_cases', 'split_cases', 'case_folds', 'predict_slices', 'reassemble',
-           'predict_volumes', 'case_dice', 'case_scores']
+__all__ = ['SPINE_CODES', 'CODE_SETS', 'AFFINE_ATOL', 'SCANS', 'VOLUME_CHECKS', 'get_codes', 'find_volume_pairs',
+           'read_volume_pair', 'write_nifti', 'make_synthetic_spine', 'is_volume_folder', 'audit_volumes',
+           'slice_volumes', 'read_slice_cache', 'unlabelled_cases', 'split_cases', 'case_folds', 'predict_slices',
+           'reassemble', 'predict_volumes', 'case_dice', 'case_scores']
 
 # %% ../nbs/13c_volumes.ipynb #425ba1d4
 SPINE_CODES: list[str] = ['background', 'S', 'L5', 'L4', 'L3', 'L2', 'L1', 'T12', 'T11', 'T10', 'T9',
@@ -100,6 +99,29 @@ def _check_labels(lab: np.ndarray, case: str, n_classes: int) -> np.ndarray:
 
 def _no_label(label) -> bool: return label is None or (isinstance(label, float) and np.isnan(label)) or label == ''
 
+AFFINE_ATOL = 1e-3  # largest difference allowed between a scan's and its label volume's affine (mm; spacing and origin alike)
+
+def _voxels(img: nib.Nifti1Image, path, case: str, what: str, finite: bool = True) -> np.ndarray:
+    "The voxels of a loaded NIfTI: a truncated or corrupt file, or (with `finite`) NaN/inf voxels, is a `ValueError` naming the case."
+    try: a = np.asarray(img.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error) as e:
+        raise ValueError(f"case {case}: {what} {Path(path).name} is truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    if finite and a.dtype.kind == 'f' and not np.isfinite(a).all():
+        n = int(a.size - np.isfinite(a).sum())
+        raise ValueError(f"case {case}: {what} {Path(path).name} has {n} NaN or infinite voxel(s): it would slice as blank images")
+    return a
+
+def _check_geometry(img: nib.Nifti1Image, lab: nib.Nifti1Image, case: str, image, label):
+    "A `ValueError` naming the case when the label volume's spacing or affine differs from its scan's by more than `AFFINE_ATOL`."
+    zi, zl = (np.round(np.asarray(v.header.get_zooms()[:3], float), 4) for v in (img, lab))
+    if not np.allclose(zi, zl, atol=AFFINE_ATOL):
+        raise ValueError(f"case {case}: voxel spacing {tuple(zi.tolist())} of {Path(image).name} differs from {tuple(zl.tolist())} "
+                         f"of {Path(label).name} (tolerance {AFFINE_ATOL} mm): the labels do not lie on the scan")
+    if not np.allclose(img.affine, lab.affine, atol=AFFINE_ATOL):
+        d = float(np.abs(np.asarray(img.affine) - np.asarray(lab.affine)).max())
+        raise ValueError(f"case {case}: the affine of {Path(label).name} differs from its scan {Path(image).name}'s by up to {d:g} "
+                         f"(tolerance {AFFINE_ATOL}; a flipped axis or a shifted origin): the labels do not lie on the scan")
+
 def read_volume_pair(image: str | Path, # image volume (`.nii.gz` or `.nii`)
                      label: str | Path | None, # its label volume; None for a scan without one
                      case: str | None = None, # case id for error messages (default: the image's name)
@@ -108,12 +130,14 @@ def read_volume_pair(image: str | Path, # image volume (`.nii.gz` or `.nii`)
     "The image (float32), its labels (uint8 class indices, or None) and the image's 4×4 affine, checked against each other."
     case = case or _case_of(image)
     img = _load_nifti(image, case, 'image')
-    if _no_label(label): return np.asarray(img.dataobj, np.float32), None, img.affine
+    if _no_label(label): return _voxels(img, image, case, 'image').astype(np.float32), None, img.affine
     lab = _load_nifti(label, case, 'label')
     if img.shape != lab.shape:
         raise ValueError(f"case {case}: image shape {img.shape} differs from label shape {lab.shape} "
                          f"({Path(image).name} vs {Path(label).name})")
-    return np.asarray(img.dataobj, np.float32), _check_labels(np.asarray(lab.dataobj), case, n_classes), img.affine
+    _check_geometry(img, lab, case, image, label)
+    return (_voxels(img, image, case, 'image').astype(np.float32),
+            _check_labels(_voxels(lab, label, case, 'label', finite=False), case, n_classes), img.affine)
 
 # %% ../nbs/13c_volumes.ipynb #6063eaa9
 def _spine_order() -> list[tuple[int, bool, int]]:
@@ -221,6 +245,8 @@ VOLUME_CHECKS = {
     'unreadable': 'not a readable 3D NIfTI volume (2D, 4D or not NIfTI)',
     'shape': 'the scan and its label volume differ in shape',
     'codes': 'label values that are not class indices of the codes',
+    'voxels': 'a truncated or corrupt file, or NaN/infinite voxels',
+    'geometry': f'the label volume\'s spacing or affine differs from its scan\'s by more than {AFFINE_ATOL} (flipped, shifted)',
 }
 
 def is_volume_folder(folder: str | Path) -> bool:
@@ -235,10 +261,17 @@ def _pair_findings(r, n_classes: int) -> list[dict]:
         if _no_label(p): continue
         try: vols[what] = _load_nifti(p, r.case, what)
         except (ValueError, FileNotFoundError) as e: out.append(f('unreadable', p, str(e)))
+    if 'image' in vols:  # a scan to predict must read whole and be finite too
+        try: _voxels(vols['image'], r.image, r.case, 'image')
+        except ValueError as e: out.append(f('voxels', r.image, str(e)))
     if len(vols) < 2: return out
     if vols['image'].shape != vols['label'].shape:
         return out + [f('shape', r.label, f"image shape {vols['image'].shape} differs from label shape {vols['label'].shape}")]
-    try: _check_labels(np.asarray(vols['label'].dataobj), r.case, n_classes)
+    try: _check_geometry(vols['image'], vols['label'], r.case, r.image, r.label)
+    except ValueError as e: out.append(f('geometry', r.label, str(e)))
+    try: lab = _voxels(vols['label'], r.label, r.case, 'label', finite=False)
+    except ValueError as e: return out + [f('voxels', r.label, str(e))]
+    try: _check_labels(lab, r.case, n_classes)
     except ValueError as e: out.append(f('codes', r.label, str(e)))
     return out
 
@@ -318,8 +351,8 @@ def slice_volumes(folder: str | Path | pd.DataFrame, # volume folder (see `find_
     "Cut every case into 2D slices cached as PNGs; one row per slice: `case`, `index`, `image`, `label`, `has_mask`, `ImageId`."
     axis, size, codes, dest = _check_axis(axis), _check_size(size), _check_codes(codes), SliceCacheDir(dest)
     pairs = folder if isinstance(folder, pd.DataFrame) else find_volume_pairs(folder)
-    out = parallel(_slice_case, pairs.to_dict('records'), dest=dest, axis=axis, size=size, n_classes=len(codes),
-                   drop_empty_edges=drop_empty_edges, n_workers=n_workers, progress=progress)
+    out = parallel_map(_slice_case, pairs.to_dict('records'), check_int('n_workers', n_workers, 0), progress, dest=dest, axis=axis,
+                       size=size, n_classes=len(codes), drop_empty_edges=drop_empty_edges)  # its workers die with a killed command
     slices = pd.DataFrame([r for o in out for r in o['rows']], columns=_SLICE_COLS)
     return dest.write(slices, dict(codes=codes, axis=axis, size=size, cases={o['meta']['case']: o['meta'] for o in out}))
 

@@ -1,7 +1,10 @@
 """Issue 15's catalogue of hostile input, one representative case of every kind, through the `pneumokit` command in one
 process (`run_command`): each ends as one line `pneumokit <command>: <reason>` naming the file, row or argument (never a
 traceback, never exit 0 with nothing done), or gives the correct result. The per-cause tests, with every variant, are
-`test_bad_labels.py`, `test_bad_maps.py` and `test_bad_configs.py`; this file keeps the whole list in one place."""
+`test_bad_labels.py`, `test_bad_maps.py` and `test_bad_configs.py`; this file keeps the whole list in one place.
+Issue 23's second pass, by cause: damaged images, images of other sizes and the kernel in `test_bad_images.py`; outputs
+that are inputs, out-of-range sizes and counts, the umask, `kill -9` and damaged run files in `test_bad_outputs.py`;
+volumes in `test_volumes.py`; PNG sets in `test_png.py` (the sections marked "issue 23")."""
 import json
 from pathlib import Path
 

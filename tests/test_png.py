@@ -249,3 +249,27 @@ def test_unreadable_image_is_a_finding(small_set, tmp_path):
     f = run('audit', src)
     assert f[['check', 'ImageId']].values.tolist() == [['unreadable-image', ids[3]]]
     fails('prepare', src, tmp_path/'c', '--sizes', 64, needles=[f'{ids[3]}.png', 'not a readable PNG/JPG image'])
+
+
+# ------------------------------------------------------------------------------------------ PNG sets that would lose images (issue 23)
+
+def test_two_files_of_one_imageid_are_both_named(mini, tmp_path):
+    d, imgs, masks, _ = mini
+    few = dict(list(imgs.items())[:4])
+    src = id_map(tmp_path/'idmap', few, {i: masks[i] for i in few})
+    m = pd.read_csv(src/'stage_1_train_images.csv')
+    m.loc[3, 'ImageId'] = m.ImageId[0]  # the id-map gives two files one ImageId: one image would be dropped
+    m.to_csv(src/'stage_1_train_images.csv', index=False)
+    fails('prepare', src, tmp_path/'cache', '--sizes', 32, '--workers', 0,
+          needles=[m.new_filename[0], m.new_filename[3], f'both ImageId {m.ImageId[0]}'])
+    twin = by_id(tmp_path/'byid', few, {i: masks[i] for i in few})
+    i0 = next(iter(few))
+    _write(twin/'train'/f'{i0}.jpg', few[i0])  # one ImageId as .png and .jpg
+    fails('audit', twin, needles=[f'{i0}.png', f'{i0}.jpg'])
+
+def test_a_folder_with_two_layouts_names_both(mini, tmp_path):
+    d, imgs, masks, _ = mini
+    few = dict(list(imgs.items())[:4])
+    src = by_id(tmp_path/'both', few, {i: masks[i] for i in few})
+    id_map(src, few, {i: masks[i] for i in few})  # an id-map conversion beside it
+    fails('prepare', src, tmp_path/'cache', '--sizes', 32, '--workers', 0, needles=['id-map', 'by-id', 'which one'])

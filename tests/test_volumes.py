@@ -142,3 +142,45 @@ def test_case_scores_by_hand(tmp_path):
     assert tab.loc['a', ['tp', 'fp', 'fn']].tolist() == [3, 0, 1]
     assert np.isclose(tab.loc['a', 'dice'], 6 / 7) and np.isclose(tab.loc['a', 'iou'], 3 / 4) and np.isclose(tab.loc['a', 'pixel_acc'], 3 / 4)
     assert tab.loc['b', ['dice', 'fp', 'fn']].tolist() == [0.0, 1, 0] and np.isnan(tab.loc['b', 'pixel_acc'])
+
+
+# ------------------------------------------------------------------------------------------ volumes checked like images (issue 23)
+
+def _hostile_copy(spine: Path, dest: Path, case: int = 2) -> tuple[Path, Path]:
+    "A copy of the synthetic spine folder; returns case `case`'s scan and label paths in the copy."
+    import shutil
+    shutil.copytree(spine, dest)
+    return dest/'MR'/f'Case{case}.nii.gz', dest/'Mask'/f'mask_case{case}.nii.gz'
+
+def _audit(folder: Path) -> pd.DataFrame:
+    from conftest import cli_run
+    return cli_run('audit', folder)
+
+def test_nan_voxels_are_refused_by_name(spine, tmp_path):
+    from conftest import cli_fails
+    scan, _ = _hostile_copy(spine, tmp_path/'v')
+    img = nib.load(scan)
+    a = np.asarray(img.dataobj, np.float32); a[10:12, 10:12, 3] = np.nan
+    write_nifti(nib.Nifti1Image(a, img.affine), scan)
+    cli_fails('slice', tmp_path/'v', tmp_path/'cache', '--size', 32, needles=['case Case2', 'Case2.nii.gz', '4 NaN or infinite voxel(s)'])
+    assert _audit(tmp_path/'v')[['check', 'ImageId']].values.tolist() == [['voxels', 'Case2']]
+
+@pytest.mark.parametrize('how', ['flip', 'shift', 'spacing'])
+def test_label_affine_that_disagrees_with_its_scan_is_refused(spine, tmp_path, how):
+    from conftest import cli_fails
+    _, label = _hostile_copy(spine, tmp_path/'v')
+    lab = nib.load(label)
+    aff = np.array(lab.affine)
+    if how == 'flip': aff[:, 0] = -aff[:, 0]
+    elif how == 'shift': aff[:3, 3] += 50
+    else: aff[2, 2] *= 2
+    write_nifti(nib.Nifti1Image(np.asarray(lab.dataobj), aff), label)
+    cli_fails('slice', tmp_path/'v', tmp_path/'cache', '--size', 32, needles=['case Case2', 'mask_case2.nii.gz', 'tolerance'])
+    assert _audit(tmp_path/'v')[['check', 'ImageId']].values.tolist() == [['geometry', 'Case2']]
+
+def test_truncated_volume_is_refused_by_name(spine, tmp_path):
+    from conftest import cli_fails
+    scan, _ = _hostile_copy(spine, tmp_path/'v')
+    scan.write_bytes(scan.read_bytes()[:len(scan.read_bytes()) // 2])
+    cli_fails('slice', tmp_path/'v', tmp_path/'cache', '--size', 32, needles=['case Case2', 'Case2.nii.gz', 'truncated'])
+    assert _audit(tmp_path/'v')[['check', 'ImageId']].values.tolist() == [['voxels', 'Case2']]
