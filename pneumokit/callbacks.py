@@ -17,12 +17,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from .recipe import Recipe, Stage
 
 # %% auto #0
-__all__ = ['StageSchedule', 'FreezeBN', 'StageEarlyStop', 'WeightAverage', 'score_average', 'freezes_bn', 'stage_callbacks']
+__all__ = ['epoch_batches', 'StageSchedule', 'FreezeBN', 'StageEarlyStop', 'WeightAverage', 'score_average', 'freezes_bn',
+           'stage_callbacks']
 
 # %% ../nbs/09b_callbacks.ipynb #ff059e72
 def _shadow(lrs: list[float]) -> torch.optim.Optimizer:
     "A torch optimizer that only carries rates (one group per fastai parameter group), for torch's schedulers to step."
     return torch.optim.SGD([dict(params=[torch.zeros(1, requires_grad=True)], lr=lr) for lr in lrs], lr=lrs[0], momentum=0.95)
+
+def epoch_batches(dl, # a stage's training loader
+                  n_epoch: int, # the stage's epochs
+                 ) -> list[int]:
+    "Training batches in each epoch of a stage: a positive-rate schedule (`pneumokit.data.PosFracDL`) changes an epoch's length."
+    inner = getattr(dl, 'dl', dl)  # inside a `ShardedDL`
+    if getattr(inner, 'pos_frac', None) is None: return [len(dl)] * n_epoch
+    e0, out = inner.epoch, []
+    try:
+        for e in range(n_epoch): inner.epoch = e; out.append(len(dl))
+    finally: inner.epoch = e0
+    return out
 
 def _bare(model: torch.nn.Module) -> torch.nn.Module: return getattr(model, 'module', model)  # inside a DDP wrapper
 
@@ -40,13 +53,13 @@ class StageSchedule(Callback):
 
     def before_fit(self):
         "The stage's base rates are fastai's (one per parameter group, as `fit(lr=...)` set them); skip what is done."
-        n = len(self.dls.train)
+        n = epoch_batches(self.dls.train, self.n_epoch) if self.per_batch else [1] * self.n_epoch  # steps per epoch
         self.shadow = _shadow([h['lr'] for h in self.opt.hypers])
-        self.sched = self.schedule.build(self.shadow, self.n_epoch * (n if self.per_batch else 1))
+        self.sched = self.schedule.build(self.shadow, sum(n))
         self.shadow.step()  # nothing to move (no gradients): tells torch the optimizer steps before its scheduler
         for e in range(self.start):
             if self.per_batch:
-                for _ in range(n): self.sched.step()
+                for _ in range(n[e]): self.sched.step()
             else: self._epoch_step(self.scores[e] if e < len(self.scores) else None)
 
     def _epoch_step(self, score: float | None):

@@ -26,7 +26,7 @@ class LrLog(Callback):
         if self.training:
             with open(d/'lrs.jsonl', 'a') as f:  # stage 0 is the frozen one
                 f.write(json.dumps(dict(stage=int(not self.opt.frozen_idx), epoch=self.epoch, iter=self.iter, base=self.base,
-                                        lrs=[h['lr'] for h in self.opt.hypers])) + '\n')
+                                        lrs=[h['lr'] for h in self.opt.hypers])) + '\\n')
 
 recipe = Recipe([Stage(size=64, epochs=2, bs=8, lr=3e-3, frozen=True, loss='bce', aug='none'),
                  Stage(size=64, epochs=4, bs=8, lr=(1e-4, 1e-3), loss='combo', aug='siim-1st', pos_frac=0.5,
