@@ -197,6 +197,8 @@ class FoldDir(_Owner):
     def last_name(stage: int, epoch: int) -> str: return f'last_s{stage}_e{epoch}.pth'
     @staticmethod
     def model_name(stage: int, epoch: int) -> str: return f'model_s{stage}_e{epoch}.pth'
+    @staticmethod
+    def average_name(stage: int, kind: str) -> str: return f'model_s{stage}_{kind}.pth'  # a stage's weight average ('ema', 'swa')
 
     def checkpoints(self) -> list[Path]:
         "The fold's top-k model checkpoints."

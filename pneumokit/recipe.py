@@ -4,8 +4,8 @@
 
 # %% ../nbs/09a_recipe.ipynb #2eed5fc7
 from __future__ import annotations
-import inspect
-from dataclasses import asdict, dataclass, field
+import inspect, math
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.learner import Learner
 from fastai.optimizer import Adam, RAdam, SGD, ranger
+from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, LambdaLR, OneCycleLR, ReduceLROnPlateau
 
 from .core import check_bool, check_choice, check_float, check_int, check_prob, get_device
 from .data import AUG_PRESETS, siim_dataloaders, slice_dataloaders
@@ -25,25 +25,86 @@ from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
 from .models import build_model, check_encoder, dry_build, get_arch, model_kwargs_names, read_state_dict
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TASKS', 'OPTIMIZERS', 'RECIPE_SECTIONS', 'Stage', 'Task', 'get_task', 'Recipe', 'model_kwargs',
-           'load_checkpoints']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TASKS', 'RECIPE_SECTIONS', 'OneCycle', 'Cosine', 'WarmRestarts', 'Plateau', 'FlatCos',
+           'Stage', 'Task', 'get_task', 'Recipe', 'model_kwargs', 'load_checkpoints']
 
 # %% ../nbs/09a_recipe.ipynb #7f223732
 def _lr(st) -> float | slice:
     "A stage's learning rate as fastai takes it: one float, or a slice (encoder, head) for discriminative rates."
     return slice(*st.lr) if isinstance(st.lr, (tuple, list)) and len(st.lr) == 2 else st.lr
 
-def _one_cycle(learn: Learner, st, start_epoch: int, cbs: list):
-    "fastai's one-cycle schedule over the stage."
-    learn.fit_one_cycle(st.epochs, _lr(st), wd=st.wd, cbs=cbs, start_epoch=start_epoch)
+OPTIMIZERS = dict(adam=Adam, radam=RAdam, sgd=SGD, ranger=ranger)  # fastai optimizers by name
 
-def _flat_cos(learn: Learner, st, start_epoch: int, cbs: list):
-    "Flat for 75% of the stage, then cosine annealing to lr·1e-5 (fastai's `fit_flat_cos`, which ignores `start_epoch`)."
-    learn.opt.set_hyper('lr', _lr(st))
-    lr = np.array([h['lr'] for h in learn.opt.hypers])
-    learn.fit(st.epochs, wd=st.wd, cbs=[ParamScheduler({'lr': combined_cos(0.75, lr, lr, lr / 1e5)})] + cbs, start_epoch=start_epoch)
+def _check_per(per: str): check_choice('per', per, ('batch', 'epoch'))
 
-SCHEDULES = dict(one_cycle=_one_cycle, cosine=_flat_cos)  # `Stage.sched` name -> fit(learn, stage, start_epoch, cbs)
+@dataclass
+class OneCycle:
+    "fastai's one-cycle as torch's `OneCycleLR`: from lr/`div` up to lr over `pct_start` of the stage, cosine down to lr/`div_final`."
+    pct_start: float = 0.25  # fraction of the stage spent warming up
+    div: float = 25.  # the first batch's rate is lr/div
+    div_final: float = 1e5  # the last batch's rate is lr/div_final
+    per = 'batch'; moms = True  # stepped each batch; momentum cycles 0.95 -> 0.85 -> 0.95 (fastai's `moms`)
+    def __post_init__(self):
+        check_float('pct_start', self.pct_start, 0, 1, positive=True)
+        check_float('div', self.div, positive=True); check_float('div_final', self.div_final, positive=True)
+    def build(self, opt: torch.optim.Optimizer, steps: int):
+        return OneCycleLR(opt, [g['lr'] for g in opt.param_groups], total_steps=steps, pct_start=self.pct_start, div_factor=self.div,
+                          final_div_factor=self.div_final / self.div, base_momentum=0.85, max_momentum=0.95)
+
+@dataclass
+class Cosine:
+    "True cosine annealing (`CosineAnnealingLR`): from the stage's rate down to `eta_min` over `T_max` steps (default: the stage)."
+    eta_min: float = 0.  # the end rate
+    T_max: int | None = None  # steps (batches or epochs, see `per`) to reach `eta_min`; None: the whole stage
+    per: str = 'batch'  # step after each 'batch' or each 'epoch'
+    moms = False
+    def __post_init__(self):
+        check_float('eta_min', self.eta_min, 0); _check_per(self.per)
+        if self.T_max is not None: check_int('T_max', self.T_max)
+    def build(self, opt: torch.optim.Optimizer, steps: int): return CosineAnnealingLR(opt, self.T_max or steps, self.eta_min)
+
+@dataclass
+class WarmRestarts:
+    "Cosine annealing with warm restarts (`CosineAnnealingWarmRestarts`): the first cycle `T_0` steps, each next one `T_mult` times longer."
+    T_0: int = 1  # steps of the first cycle
+    T_mult: int = 1  # growth of each next cycle
+    eta_min: float = 0.  # the rate at the end of each cycle
+    per: str = 'epoch'  # step after each 'batch' or each 'epoch'
+    moms = False
+    def __post_init__(self):
+        check_int('T_0', self.T_0); check_int('T_mult', self.T_mult); check_float('eta_min', self.eta_min, 0); _check_per(self.per)
+    def build(self, opt: torch.optim.Optimizer, steps: int): return CosineAnnealingWarmRestarts(opt, self.T_0, self.T_mult, self.eta_min)
+
+@dataclass
+class Plateau:
+    "`ReduceLROnPlateau` on the task's monitor (higher is better), stepped after each epoch with its score."
+    factor: float = 0.1  # the rate is multiplied by this after `patience` epochs without improvement
+    patience: int = 2  # epochs without improvement before the rate drops
+    threshold: float = 1e-4  # relative improvement that counts
+    min_lr: float = 0.  # the rate never goes below this
+    cooldown: int = 0  # epochs after a drop before counting again
+    per = 'epoch'; moms = False; monitored = True
+    def __post_init__(self):
+        check_float('factor', self.factor, 0, 1, positive=True); check_int('patience', self.patience, 0)
+        check_float('threshold', self.threshold, 0); check_float('min_lr', self.min_lr, 0); check_int('cooldown', self.cooldown, 0)
+    def build(self, opt: torch.optim.Optimizer, steps: int):
+        return ReduceLROnPlateau(opt, 'max', self.factor, self.patience, self.threshold, cooldown=self.cooldown, min_lr=self.min_lr)
+
+def _flat_cos_factor(i: int, flat: int, steps: int, end: float) -> float:
+    "The rate's factor at step `i`: 1 for the first `flat` steps, then cosine from 1 down to `end`."
+    return 1. if i < flat else end + (1 - end) * (1 + math.cos(math.pi * (i - flat) / max(steps - flat, 1))) / 2
+
+@dataclass
+class FlatCos:
+    "Flat for `pct_flat` of the stage, then cosine annealing to lr/`div_final` (`LambdaLR`; fastai's `fit_flat_cos` shape)."
+    pct_flat: float = 0.75  # fraction of the stage at the full rate
+    div_final: float = 1e5  # the end rate is lr/div_final
+    per = 'batch'; moms = False
+    def __post_init__(self): check_float('pct_flat', self.pct_flat, 0, 1); check_float('div_final', self.div_final, positive=True)
+    def build(self, opt: torch.optim.Optimizer, steps: int):
+        return LambdaLR(opt, partial(_flat_cos_factor, flat=round(self.pct_flat * steps), steps=steps, end=1 / self.div_final))
+
+SCHEDULES = dict(one_cycle=OneCycle, cosine=Cosine, warm_restarts=WarmRestarts, plateau=Plateau, flat_cos=FlatCos)  # `Stage.sched`
 
 # %% ../nbs/09a_recipe.ipynb #9aa1c0c0
 @dataclass
@@ -60,8 +121,14 @@ class Stage:
     accum: int = 1  # gradient accumulation steps (effective batch = bs * accum)
     aug: str = 'siim-1st'  # augmentation preset (`pneumokit.data.AUG_PRESETS`)
     positives_only: bool = False  # train on positive images only (the 34th place's third stage)
-    sched: str = 'one_cycle'  # a `SCHEDULES` name: 'one_cycle' or 'cosine' (flat, then cosine annealing)
+    sched: str = 'one_cycle'  # a `SCHEDULES` name: one_cycle, cosine, warm_restarts, plateau, flat_cos
     wd: float | None = None  # weight decay (fastai default when None)
+    sched_kwargs: dict = field(default_factory=dict)  # the schedule's fields (e.g. `eta_min`, `T_0`, `patience`)
+    opt: str | None = None  # an `OPTIMIZERS` name for this stage; None: the recipe's `opt`
+    freeze_bn: bool | None = None  # keep the encoder's BatchNorm fixed (weights and statistics); None: the recipe's, in frozen stages
+    early_stop: int | None = None  # end the stage after this many epochs without a better monitor (fastai's EarlyStoppingCallback)
+    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999), ranked as a checkpoint at the end
+    swa_epochs: int = 0  # average the weights of the stage's last `swa_epochs` epochs (SWA), ranked as a checkpoint at the end
 
     def __post_init__(self):
         "Every field, checked where the stage is built; errors name the field."
@@ -69,9 +136,31 @@ class Stage:
         _check_lr(self.lr); _check_pos_frac(self.pos_frac)
         check_bool('frozen', self.frozen); check_bool('positives_only', self.positives_only)
         check_choice('loss', self.loss, {**LOSSES, **MULTICLASS_LOSSES}); check_choice('aug', self.aug, AUG_PRESETS)
-        check_choice('sched', self.sched, SCHEDULES)
         if not isinstance(self.loss_kwargs, dict): raise ValueError(f"`loss_kwargs` must be a mapping, got {self.loss_kwargs!r}")
         if self.wd is not None: check_float('wd', self.wd, 0)
+        self.schedule  # builds it: a bad name or field fails here
+        _check_stage_extras(self)
+
+    @property
+    def schedule(self):
+        "The stage's schedule (a `SCHEDULES` entry built with `sched_kwargs`)."
+        cls = SCHEDULES[check_choice('sched', self.sched, SCHEDULES)]
+        if not isinstance(self.sched_kwargs, dict): raise ValueError(f"`sched_kwargs` must be a mapping, got {self.sched_kwargs!r}")
+        valid = [f.name for f in fields(cls)]
+        if bad := [k for k in self.sched_kwargs if k not in valid]:
+            raise ValueError(f"unknown key `sched_kwargs.{bad[0]}` for the schedule {self.sched!r}; valid keys: {', '.join(valid)}")
+        return cls(**self.sched_kwargs)
+
+def _check_stage_extras(st: Stage):
+    "Per-stage optimizer, BatchNorm freezing, early stopping and weight averaging."
+    if st.opt is not None: check_choice('opt', st.opt, OPTIMIZERS)
+    if st.freeze_bn is not None: check_bool('freeze_bn', st.freeze_bn)
+    if st.early_stop is not None: check_int('early_stop', st.early_stop)
+    if st.ema is not None and not (_is_rate(st.ema) and 0 < st.ema < 1): raise ValueError(f"`ema` must be a decay in (0, 1), got {st.ema!r}")
+    check_int('swa_epochs', st.swa_epochs, 0)
+    if st.swa_epochs > st.epochs: raise ValueError(f"`swa_epochs` is {st.swa_epochs} but the stage has {st.epochs} epochs")
+
+def _is_rate(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _check_lr(lr):
     lrs = lr if isinstance(lr, (tuple, list)) else (lr,)
@@ -150,8 +239,6 @@ def get_task(mode: str, # a `TASKS` name
     return TASKS[check_choice('mode', mode, TASKS)]
 
 # %% ../nbs/09a_recipe.ipynb #5ccfab6a
-OPTIMIZERS = dict(adam=Adam, radam=RAdam, sgd=SGD, ranger=ranger)  # fastai optimizers by name
-
 @dataclass
 class Recipe:
     "A model and the stages that train it."

@@ -5,6 +5,7 @@
 # %% ../nbs/10_train.ipynb #834053ec
 from __future__ import annotations
 import json, os, sys, time
+from types import SimpleNamespace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,8 +35,9 @@ from .folds import validation_folds
 from .losses import get_loss
 from .models import AuxHeadLoss, ensemble_outputs, seg_learner
 # the recipe's names, importable from here as before (their owner is `pneumokit.recipe`)
-from .recipe import (OPTIMIZERS, RECIPE_SECTIONS, SCHEDULES, TASKS, Recipe, Stage, Task, _stage_dls, load_checkpoints,
+from .recipe import (OPTIMIZERS, RECIPE_SECTIONS, SCHEDULES, TASKS, Recipe, Stage, Task, _lr, _stage_dls, load_checkpoints,
                               model_kwargs)
+from .callbacks import WeightAverage, freezes_bn, score_average, stage_callbacks
 
 # %% auto #0
 __all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'bars_wanted', 'EpochLines', 'overlay', 'overlay_grid',
@@ -106,6 +108,11 @@ class RunState:
         for f in stale: (self.folder/f).unlink(missing_ok=True)
         write_bytes_atomic(self.fold.history, pd.DataFrame(self.state['history']).to_csv(index=False).encode())
 
+    def candidate(self, model: torch.nn.Module, name: str, row: dict):
+        "Rank weights that are no epoch's (a stage's weight average) among the top-k by `row['score']`; saved when they enter."
+        drop = self._update_topk(SimpleNamespace(model=model, opt=None), name, row)
+        if self.main: self._commit(drop)
+
     def best_files(self) -> list[Path]: return [self.folder/r['file'] for r in self.state['topk']]
 
 # %% ../nbs/10_train.ipynb #746c3f83
@@ -125,7 +132,8 @@ class FoldCheckpoint(Callback):
         row = dict(stage=self.stage, epoch=self.epoch, **{n: float(v) for n, v in zip(names, vals)},
                    time=time.time() - self.recorder.start_epoch)  # the epoch's seconds (`pneumokit runs` sums them)
         row['score'] = row[self.monitor]
-        self.run.epoch_done(self.learn, self.stage, self.epoch, self.n_epochs, row, batches=len(self.dls.train))
+        n = self.epoch + 1 if getattr(self.learn, 'stage_stopped', False) else self.n_epochs  # early stopping ended the stage
+        self.run.epoch_done(self.learn, self.stage, self.epoch, n, row, batches=len(self.dls.train))
         if self.writer is not None:
             step = len(self.run.state['history'])
             for n, v in zip(names, vals): self.writer.add_scalar(n, float(v), step)
@@ -263,26 +271,34 @@ def _learner(recipe: Recipe, dls, st: Stage, device: torch.device, folder: Path,
              compile: bool | str = False) -> Learner:
     "The fold's Learner; on CUDA with mixed precision and channels-last memory; compiled and under DDP as asked."
     learn = seg_learner(dls, recipe.arch, recipe.encoder, recipe.weights, metrics=_metrics(recipe),
-                        freeze_bn=recipe.freeze_bn, freeze=False, model_kwargs=model_kwargs(recipe),
+                        freeze=False, model_kwargs=model_kwargs(recipe),  # BatchNorm freezing: per stage
                         opt_func=OPTIMIZERS[recipe.opt], path=folder, model_dir='.')
     learn.loss_func = _stage_loss(recipe, st, learn.model)
     if device.type == 'cuda': learn.add_cbs([ChannelsLast(), MixedPrecision()])
     if compile: learn.model.compile(**({} if compile is True else dict(backend=compile)))  # in place: same state-dict keys
     # SyncBatchNorm needs CUDA, and fastai's BnFreeze only recognises plain BatchNorm
-    if ddp: _to_ddp(learn, sync_bn=device.type == 'cuda' and not recipe.freeze_bn)
+    if ddp: _to_ddp(learn, sync_bn=device.type == 'cuda' and not any(freezes_bn(recipe, s) for s in recipe.stages))
     if not bars_wanted(): learn.remove_cb(ProgressCallback)  # `EpochLines` prints instead (see `_log_cbs`)
     return learn
 
 # %% ../nbs/10_train.ipynb #e9282e16
 def _prepare_stage(recipe: Recipe, learn: Learner, st: Stage):
-    "Loss and frozen/unfrozen encoder for a stage (creates the optimizer)."
+    "Loss, optimizer (a new one when the stage's differs from the last) and frozen/unfrozen encoder for a stage."
     learn.loss_func = _stage_loss(recipe, st, learn.model)
+    if learn.opt_func is not (opt := OPTIMIZERS[st.opt or recipe.opt]): learn.opt_func, learn.opt = opt, None
     learn.freeze() if st.frozen else learn.unfreeze()
 
 def _fit_stage(learn: Learner, st: Stage, start_epoch: int, cbs: list, clip: float | None = None):
-    "The stage's schedule (`pneumokit.recipe.SCHEDULES`) over its epochs, skipping those already done (gradient accumulation and clipping as asked)."
+    "The stage's epochs under its callbacks, skipping those already done (gradient accumulation and clipping as asked)."
     cbs = cbs + ([GradientAccumulation(st.bs * st.accum)] if st.accum > 1 else []) + ([GradientClip(clip)] if clip else [])
-    SCHEDULES[st.sched](learn, st, start_epoch, cbs)
+    learn.fit(st.epochs, _lr(st), wd=st.wd, cbs=cbs, start_epoch=start_epoch)
+
+def _rank_averages(learn: Learner, run: RunState, stage: int, cbs: list, monitor: str):
+    "Each weight average of a finished stage, scored on validation and ranked among the top-k like an epoch."
+    for wa in (c for c in cbs if isinstance(c, WeightAverage)):
+        for kind, model in wa.averages(learn.dls.train).items():
+            figs = score_average(learn, model)
+            run.candidate(model, FoldDir.average_name(stage, kind), dict(stage=stage, epoch=kind, **figs, score=figs[monitor]))
 
 # %% ../nbs/10_train.ipynb #6dc285e7
 def _start_fold(run: RunDir, recipe: Recipe, fold: int, resume: bool) -> FoldDir:
@@ -366,6 +382,10 @@ def _log_cbs(recipe: Recipe, dls, run: RunState, writer, fold: int, stage: int, 
                                   start))
     return cbs
 
+def _new_opt(recipe: Recipe, i: int) -> bool:
+    "Whether stage `i` starts a new optimizer (of another kind than stage `i - 1`'s): a resume there loads no optimizer state."
+    return i > 0 and (recipe.stages[i].opt or recipe.opt) != (recipe.stages[i - 1].opt or recipe.opt)
+
 def _fit_stages(recipe: Recipe, cache, folds: pd.DataFrame, fold: int, folder: FoldDir, run: RunState, device, n_workers,
                 rank: int | None, compile, writer, cbs: list):
     "Every stage not done yet, from the run state's position."
@@ -378,9 +398,12 @@ def _fit_stages(recipe: Recipe, cache, folds: pd.DataFrame, fold: int, folder: F
         if learn is None: learn = _learner(recipe, dls, st, device, folder.root, rank is not None, compile)
         else: set_dls(learn, dls)
         _prepare_stage(recipe, learn, st)
-        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
+        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device,
+                                               with_opt=start > 0 or not _new_opt(recipe, i))
         ckpt = FoldCheckpoint(run, i, st.epochs, start, monitor=recipe.task.monitor, writer=writer)
-        _fit_stage(learn, st, start, [ckpt, *_log_cbs(recipe, dls, run, writer, fold, i, start), *cbs], recipe.clip)
+        own = stage_callbacks(recipe, st, start, [r['score'] for r in run.state['history'] if r['stage'] == i][:start])
+        _fit_stage(learn, st, start, [ckpt, *own, *_log_cbs(recipe, dls, run, writer, fold, i, start), *cbs], recipe.clip)
+        _rank_averages(learn, run, i, own, recipe.task.monitor)
 
 def train_fold(recipe: Recipe, # model and stages
                cache: str | Path, # PNG cache from `build_cache` (every stage size cached)
