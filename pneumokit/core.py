@@ -4,16 +4,18 @@
 
 # %% ../nbs/00_core.ipynb #8244b3f6
 from __future__ import annotations
-import contextlib, errno, os, random, shutil, tempfile, warnings
+import contextlib, errno, os, random, shutil, sys, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.imports import IN_NOTEBOOK
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'DISK_MARGIN', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything',
            'available_devices', 'get_device', 'default_workers', 'WriteError', 'atomic_write', 'write_bytes_atomic',
-           'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest', 'show_figures_inline']
+           'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest', 'show_figures_inline',
+           'bars_wanted']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -252,3 +254,9 @@ def show_figures_inline():
     ip.display_formatter.formatters['image/png'].for_type(Figure, lambda fig: print_figure(fig, 'png', bbox_inches='tight'))
 
 show_figures_inline()
+
+# %% ../nbs/00_core.ipynb #37c34aec
+def bars_wanted() -> bool:
+    "Whether progress bars can redraw in place: in a notebook, or when stdout is a terminal (not a pipe, a file or a CI log)."
+    isatty = getattr(sys.stdout, 'isatty', None)
+    return IN_NOTEBOOK or bool(isatty and isatty())

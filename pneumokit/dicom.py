@@ -22,7 +22,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          RLETransferSyntaxes)
 
-from .core import atomic_write, check_bool, check_int, default_workers, write_bytes_atomic
+from .core import atomic_write, bars_wanted, check_bool, check_int, default_workers, write_bytes_atomic
 from .layout import CacheDir
 from .rle import check_labels, group_labels, masks_from_rles, read_labels
 
@@ -239,7 +239,7 @@ def _run(f, items: list, n_workers: int | None, progress: bool, **kwargs) -> lis
     "`f` over `items` in worker processes (`fastcore.parallel`); `n_workers=0` runs serially."
     if not items: return []
     n = default_workers() if n_workers is None else check_int('n_workers', n_workers, 0)
-    return list(parallel(f, items, n_workers=min(n, len(items)), progress=progress, **kwargs))
+    return list(parallel(f, items, n_workers=min(n, len(items)), progress=progress and bars_wanted(), **kwargs))
 
 # %% ../nbs/02_dicom.ipynb #75734fa2
 def dicom_metadata(paths_or_folder: str | Path | Iterable[str | Path], # a folder (searched at any depth), a file, or files

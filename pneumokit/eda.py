@@ -16,7 +16,7 @@ from fastcore.parallel import parallel
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from .core import SIIM_SIZE, check_int, default_workers, write_bytes_atomic
+from .core import SIIM_SIZE, bars_wanted, check_int, default_workers, write_bytes_atomic
 from .dicom import dicom_metadata, image_id_of, list_dicoms, read_dicom
 from .layout import PngSiimDir
 from .png import PNG_CHECKS, PngSet, image_size, png_findings, png_labels, png_set, read_image
@@ -363,7 +363,7 @@ def _png_files(s: PngSet, n_workers: int | None, progress: bool) -> pd.DataFrame
     "The audit's file table of a PNG set's training images: ids from the layout; unreadable ones are `png_findings`'."
     imgs = s.images('train')
     n = min(default_workers() if n_workers is None else n_workers, len(imgs))
-    ok = [bool(v) for v in parallel(_readable, list(imgs.values()), n_workers=n, progress=progress)] if imgs else []
+    ok = [bool(v) for v in parallel(_readable, list(imgs.values()), n_workers=n, progress=progress and bars_wanted())] if imgs else []
     return pd.DataFrame(dict(file=list(map(str, imgs.values())), ImageId=list(imgs), header=ok, Rows=0, Columns=0, error=None))
 
 def _readable(p: Path) -> bool:
@@ -394,7 +394,7 @@ def audit(labels: str | Path | pd.DataFrame | None, # label CSV or DataFrame (Im
         df = _as_labels(labels, allow_blank=True)  # blank cells become findings
         paths = list_dicoms(folder)
         n = min(default_workers() if n_workers is None else n_workers, len(paths))
-        rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress)) if paths else []
+        rows = list(parallel(_audit_file, paths, n_workers=n, progress=progress and bars_wanted())) if paths else []
         files = pd.DataFrame(rows, columns=['file', 'ImageId', 'header', 'Rows', 'Columns', 'error']).astype({'header': bool})
         shapes = {f.ImageId: (f.Rows, f.Columns) for f in files[files.header].itertuples()}
     found = (_match_findings(df, files, src, folder) + _label_findings(df, src) + _row_findings(df, src, shapes)

@@ -40,8 +40,8 @@ from .models import AuxHeadLoss, build_model, ensemble_outputs, read_state_dict,
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'RECIPE_SECTIONS', 'PALETTE', 'TASKS', 'Stage', 'Recipe', 'save_checkpoint', 'RunState',
-           'FoldCheckpoint', 'bars_wanted', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog', 'check_wandb',
-           'Task', 'load_checkpoints', 'write_oof', 'train_fold', 'train_kfold']
+           'FoldCheckpoint', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog', 'check_wandb', 'Task',
+           'load_checkpoints', 'write_oof', 'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #0c97dc83
 @dataclass
@@ -249,10 +249,7 @@ class FoldCheckpoint(Callback):
             self.writer.flush()
 
 # %% ../nbs/10_train.ipynb #9f202e00
-def bars_wanted() -> bool:
-    "Whether progress bars can redraw in place: in a notebook, or when stdout is a terminal (not a pipe, a file or a CI log)."
-    isatty = getattr(sys.stdout, 'isatty', None)
-    return IN_NOTEBOOK or bool(isatty and isatty())
+from .core import bars_wanted  # the one switch of every progress bar (it lives in `core`); re-exported here
 
 class EpochLines(Callback):
     "One printed line per epoch (its figures and time) in place of progress bars, for output that is not a terminal."

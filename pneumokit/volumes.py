@@ -16,7 +16,7 @@ import torch
 from fastcore.parallel import parallel
 from torch import Tensor, nn
 
-from .core import check_int, get_device
+from .core import bars_wanted, check_int, get_device
 from .data import _check_codes
 from .dicom import _write_png
 from .inference import normalise, tta_probs
@@ -319,7 +319,7 @@ def slice_volumes(folder: str | Path | pd.DataFrame, # volume folder (see `find_
     axis, size, codes, dest = _check_axis(axis), _check_size(size), _check_codes(codes), SliceCacheDir(dest)
     pairs = folder if isinstance(folder, pd.DataFrame) else find_volume_pairs(folder)
     out = parallel(_slice_case, pairs.to_dict('records'), dest=dest, axis=axis, size=size, n_classes=len(codes),
-                   drop_empty_edges=drop_empty_edges, n_workers=n_workers, progress=progress)
+                   drop_empty_edges=drop_empty_edges, n_workers=n_workers, progress=progress and bars_wanted())
     slices = pd.DataFrame([r for o in out for r in o['rows']], columns=_SLICE_COLS)
     return dest.write(slices, dict(codes=codes, axis=axis, size=size, cases={o['meta']['case']: o['meta'] for o in out}))
 
