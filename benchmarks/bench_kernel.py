@@ -10,15 +10,17 @@ with hflip TTA in batches of 8, its export. Then, interleaved, --repeats times e
   `pipeline.predict` (the same DICOMs to its uint8 `.npy`);
 - whole commands, each a fresh process: `python pneumokit_kernel.py SIDECAR DICOMS SUB.csv` and
   `pneumokit predict RUN DICOMS --device cpu` (start-up, imports and loading included).
-One torch thread unless --threads (a busy 2-core machine). Not part of the test suite.
+One torch thread unless --threads. Wall time and CPU time (user + system, of this process and of the commands it
+waits for) are both printed: on a busy shared machine the images per CPU-second are the steadier figure. Not part of
+the test suite.
 
-Run: .venv/bin/python benchmarks/bench_kernel.py [--n-test 32] [--repeats 3] [--threads 1]
+Run: .venv/bin/python benchmarks/bench_kernel.py [--n-test 32] [--repeats 3] [--threads 1] [--no-commands]
 """
 from __future__ import annotations
 import os
 for _v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(_v, '1')
 
-import argparse, json, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, resource, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,13 @@ inference: {size: 512, bs: 8, tta: hflip}
 '''
 
 
-def _timed(f) -> float:
-    t0 = time.perf_counter(); f(); return time.perf_counter() - t0
+def _timed(f) -> tuple[float, float]:
+    "Wall seconds and CPU seconds (this process and the children it waited for) of `f()`."
+    def cpu():
+        r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+    t0, c0 = time.perf_counter(), cpu(); f()
+    return time.perf_counter() - t0, cpu() - c0
 
 
 def build(d: Path, n_test: int) -> tuple[Path, Path, Path]:
@@ -54,6 +61,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--n-test', type=int, default=32); ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--no-commands', action='store_true', help='skip the two whole commands (fresh processes)')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"load average before: {os.getloadavg()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -88,17 +96,19 @@ def run(a, tmp: Path):
             [str(Path(sys.executable).parent/'pneumokit'), 'predict', str(run_dir), str(dicoms), '--dest', str(tmp/'q.npy'), '--device', 'cpu'],
             check=True, capture_output=True, env=env)),
     }
+    if a.no_commands: cases = {k: v for k, v in cases.items() if not k.startswith('command')}
     for _, f in list(cases.values())[:4]: f()  # warm-up (first calls allocate and pick kernels)
     times = {k: [] for k in cases}
     for _ in range(a.repeats):
         for k, (_, f) in cases.items(): times[k].append(_timed(f))
-    rate = {k: n / statistics.median(times[k]) for k, (n, _) in cases.items()}
-    print(f"{'':40s} {'images/s':>9s} {'median s':>9s}   runs")
+    med = {k: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)) for k, ts in times.items()}
+    print(f"{'':40s} {'images/s':>9s} {'images/CPU-s':>13s} {'wall s':>7s} {'CPU s':>7s}   runs (wall/CPU s)")
     for k, (n, _) in cases.items():
-        print(f"{k:40s} {rate[k]:9.2f} {statistics.median(times[k]):9.3f}   {', '.join(f'{t:.2f}' for t in times[k])}")
+        (w, c), runs = med[k], ', '.join(f'{w:.2f}/{c:.2f}' for w, c in times[k])
+        print(f"{k:40s} {n / w:9.2f} {n / c:13.2f} {w:7.2f} {c:7.2f}   {runs}")
     ks = list(cases)
     for i in range(0, len(ks), 2):
-        print(f"{ks[i].split(':')[0]}: .pt2 / predict = {rate[ks[i]] / rate[ks[i + 1]]:.2f}x images/s")
-
+        (w1, c1), (w2, c2) = med[ks[i]], med[ks[i + 1]]
+        print(f"{ks[i].split(':')[0]}: .pt2 / predict = {w2 / w1:.2f}x images/s, {c2 / c1:.2f}x images per CPU-second")
 
 if __name__ == '__main__': main()
