@@ -12,6 +12,12 @@ Brute force is apply_triplet then the per-image Dice, in chunks of 50 images so 
 all images is `kaggle_dice`), in two flavours: with a plain-numpy Dice on --n-brute grid points, and with
 `pneumokit.metrics.dice_per_image` (torch; much slower) on --n-brute-metrics of them. Both are timed in the same run,
 checked equal to the search's scores, and extrapolated to the whole grid. One thread everywhere. Not part of the test suite.
+
+Float maps: the same maps as float32 probabilities, `(u + U(-0.5, 0.5)) / 255` clipped to [0, 1] (continuous values whose
+uint8 level is `u`), searched exactly on the grid's thresholds; the whole search (`search_thresholds`: summary pass and
+grid) on the float maps and on the uint8 maps is timed --repeats times each, interleaved, and the medians' ratio printed;
+the float search is checked equal to the numpy brute force at --n-brute grid points. The issue's figure:
+`bench_search.py --n 200 --size 512`.
 """
 from __future__ import annotations
 import os
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 
 from pneumokit.metrics import dice_per_image
-from pneumokit.postprocess import apply_triplet, grid_scores, map_histograms
+from pneumokit.postprocess import apply_triplet, grid_scores, map_histograms, search_thresholds
 
 cv2.setNumThreads(1)
 torch.set_num_threads(1)
@@ -88,7 +94,8 @@ def main():
     ap.add_argument('--n', type=int, default=1000); ap.add_argument('--size', type=int, default=1024)
     ap.add_argument('--grid', type=int, default=20); ap.add_argument('--n-brute', type=int, default=3)
     ap.add_argument('--n-brute-metrics', type=int, default=1)
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=0); ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--no-float', action='store_true', help='skip the float-map search')
     a = ap.parse_args()
     print(f"load average before: {os.getloadavg()}; threads: torch {torch.get_num_threads()}, OMP {os.environ['OMP_NUM_THREADS']}")
     print(f"RSS after imports (torch, fastai via pneumokit.metrics): {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
@@ -122,7 +129,35 @@ def run(a, tmp: Path):
     idx = [0] + list(rng.choice(np.arange(1, len(res)), a.n_brute - 1, replace=False))  # the best and random points
     for name, f, pts in [('apply_triplet + numpy Dice', brute_force_np, idx), ('apply_triplet + pneumokit.metrics Dice', brute_force, idx[:a.n_brute_metrics])]:
         if pts: _compare(name, f, probs, targs, res, pts, n_grid, t_pass, t_grid)
+    if not a.no_float: _float_vs_uint8(a, tmp, probs, targs, tops, areas, bottoms, rng)
     print(f"peak RSS (ru_maxrss, whole run incl. brute force) {_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}; now {_rss()}")
+
+def make_float_maps(folder: Path, probs, seed: int) -> np.memmap:
+    "The same maps as float32 probabilities, continuous: `(u + U(-0.5, 0.5)) / 255` clipped to [0, 1]."
+    rng = np.random.default_rng(seed + 1)
+    out = np.lib.format.open_memmap(folder/'oof_float.npy', 'w+', np.float32, probs.shape)
+    for s in range(0, len(probs), CHUNK):
+        u = np.asarray(probs[s:s + CHUNK], np.float32)
+        out[s:s + len(u)] = np.clip((u + rng.uniform(-0.5, 0.5, u.shape).astype(np.float32)) / 255, 0, 1)
+    out.flush()
+    return np.load(folder/'oof_float.npy', mmap_mode='r')
+
+def _float_vs_uint8(a, tmp: Path, probs, targs, tops, areas, bottoms, rng):
+    "The whole search on float32 maps against the same search on the uint8 maps, medians of --repeats interleaved runs."
+    fprobs = make_float_maps(tmp, probs, a.seed)
+    tu, tf = [], []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter(); search_thresholds(probs, targs, tops, areas, bottoms); tu.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); res = search_thresholds(fprobs, targs, tops, areas, bottoms); tf.append(time.perf_counter() - t0)
+    mu, mf = float(np.median(tu)), float(np.median(tf))
+    print(f"float32 maps ({_mb(fprobs.nbytes)}): whole search {mf:.2f} s (runs {', '.join(f'{t:.2f}' for t in tf)}) against uint8 "
+          f"{mu:.2f} s (runs {', '.join(f'{t:.2f}' for t in tu)}): float/uint8 = {mf / mu:.2f}× (medians of {a.repeats})")
+    idx = [0] + list(rng.choice(np.arange(1, len(res)), max(0, a.n_brute - 1), replace=False))
+    for i in idx[:a.n_brute]:
+        r = res.iloc[i]
+        d = brute_force_np(fprobs, targs, r.top, int(r.area), r.bottom)
+        assert abs(d - r.dice) < 1e-12, f"float brute force {d} differs from search {r.dice} at {tuple(r[['top', 'area', 'bottom']])}"
+        print(f"[float maps, apply_triplet + numpy Dice] (top={r.top}, area={int(r.area)}, bottom={r.bottom}): dice {d:.6f} == search")
 
 def _compare(name, f, probs, targs, res, idx, n_grid, t_pass, t_grid):
     "Time brute force `f` at the grid points `idx`, check it equals the search, extrapolate to the grid."

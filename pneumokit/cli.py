@@ -10,19 +10,9 @@ from pathlib import Path
 # A dependency's import-time deprecation notice (torch.jit.script) would put a second line before a command's one-line reason
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
-import pandas as pd
-import torch
+# Only what parsing needs: `--help`, argument errors and missing paths answer before torch, fastai, timm or smp load
+# (seconds of CPU); each command imports `pipeline` and friends in its body, after its arguments are checked.
 from fastcore.script import CliError, call_parse, parse_cli
-
-from . import pipeline
-from .config import load_config
-from .core import check_int
-from .ddp import is_launched, is_main, launch
-from .eda import describe_findings
-from .folds import validation_folds
-from .layout import VolumeDir
-from .postprocess import rule_from_dict
-from .runs import fit_table
 
 # %% auto #0
 __all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train_command', 'train', 'search', 'predict',
@@ -44,6 +34,7 @@ def _existing(path: str | Path, what: str) -> Path:
 
 def _config(name: str):
     "A config by name or file; a CliError naming the choices when it is neither."
+    from pneumokit.config import load_config
     try: return load_config(name)
     except FileNotFoundError as e: raise CliError(str(e)) from None
 
@@ -57,6 +48,7 @@ def synth(dest: str = None, # output folder (default: data/mini-siim)
           overwrite: bool = False, # replace an existing mini-SIIM in `dest`
          ) -> Path:
     "Write a synthetic mini-SIIM (DICOMs + train-rle.csv in the Kaggle layout)."
+    from pneumokit import pipeline
     out = pipeline.synth(dest, n_train=n_train, n_test=n_test, size=size, seed=seed, overwrite=overwrite)
     print(f"mini-SIIM written to {out}")
     return out
@@ -70,11 +62,13 @@ def prepare(dicoms: str, # DICOM folder (nested Kaggle layout or flat), or a PNG
             sizes: str = None, # or comma-separated sizes, e.g. '256,512,1024'
             workers: int = None, # worker processes (default: all cores)
             force: bool = False, # rebuild every image (else only new ones and those whose labels changed)
-           ) -> pd.DataFrame:
+           ):
     "Cache DICOMs (and masks) as PNG at a config's sizes (or --sizes); resumable, rebuilding images whose labels changed."
     sz = _ints(sizes, '--sizes', 16) if sizes else None
-    man = pipeline.prepare(_existing(dicoms, 'DICOM folder'), cache, _config(config) if config else None,
-                           labels=_existing(labels, 'label CSV') if labels else None, sizes=sz, n_workers=workers, force=force)
+    dicoms, labels = _existing(dicoms, 'DICOM folder'), _existing(labels, 'label CSV') if labels else None
+    from pneumokit import pipeline
+    man = pipeline.prepare(dicoms, cache, _config(config) if config else None, labels=labels, sizes=sz, n_workers=workers,
+                           force=force)
     counts = man['status'].value_counts().to_dict()
     print(f"cache in {cache}: " + ', '.join(f'{v} {k}' for k, v in counts.items()))
     return man
@@ -90,9 +84,11 @@ def slice(volumes: str, # folder of NIfTI scans and their label volumes (`mask_<
           keep_empty_edges: bool = False, # also cache the label-free slices at both ends of a labelled scan
           pattern: str = '*.nii*', # glob of the scans (files named like a label volume are never scans)
           workers: int = 0, # worker processes (0: this one)
-         ) -> pd.DataFrame:
+         ):
     "Cut NIfTI scans (label volumes optional) into a cache of 2D slices; scans without labels are cached to be predicted."
-    df = pipeline.slice(_existing(volumes, 'volume folder'), cache, _config(config) if config else None, size=size, axis=axis,
+    volumes = _existing(volumes, 'volume folder')
+    from pneumokit import pipeline
+    df = pipeline.slice(volumes, cache, _config(config) if config else None, size=size, axis=axis,
                         codes=codes, drop_empty_edges=not keep_empty_edges, pattern=pattern, n_workers=workers)
     bare = sorted(set(df.case[df.label.isna()]))
     print(f"{len(df)} slices of {df.case.nunique()} scans -> {cache}"
@@ -108,10 +104,13 @@ def audit(labels: str, # label CSV (train-rle.csv, stage_2_train.csv[.gz]), or a
           workers: int = None, # worker processes (default: all cores)
           show: int = 10, # findings listed (file, id, reason); all of them are in --out
           codes: str = 'spine', # a volume folder's class codes (a `pneumokit.volumes.CODE_SETS` name)
-         ) -> pd.DataFrame:
+         ):
     "Check labels against DICOMs: missing/extra ids, duplicates, conflicts, bad RLE, unreadable or odd-sized files."
-    res = pipeline.audit(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None, out, expected_size=expected_size,
-                         n_workers=workers, codes=codes)
+    labels, dicoms = _existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None
+    from pneumokit import pipeline
+    from pneumokit.core import check_int
+    from pneumokit.eda import describe_findings
+    res = pipeline.audit(labels, dicoms, out, expected_size=expected_size, n_workers=workers, codes=codes)
     print(f"audit: {len(res)} finding(s)" + (f"\n{describe_findings(res, check_int('--show', show, 0))}" if len(res) else ''))
     return res
 
@@ -122,7 +121,9 @@ def eda(labels: str, # label CSV, or a PNG/JPG set alone (its masks are its labe
         dest: str = 'reports/eda', # folder for the figures
        ) -> list[Path]:
     "Write the standard EDA figures (label summary, areas, heatmap, demographics, overlays) as PNG."
-    figs = pipeline.eda(_existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None, dest)
+    labels, dicoms = _existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None
+    from pneumokit import pipeline
+    figs = pipeline.eda(labels, dicoms, dest)
     print(f"{len(figs)} figures in {dest}")
     return figs
 
@@ -135,11 +136,14 @@ def split(labels: str, # label CSV (train-rle.csv), a PNG/JPG set (its masks are
           workers: int = None, # processes reading DICOM headers
           extend: str = None, # a folds file to extend (DEST may be it): its images keep their folds, the new ones of LABELS join
           train_only: bool = False, # with --extend: the new images train in every fold, never validated (stage-2 data, pseudo-labels from a submission CSV)
-         ) -> pd.DataFrame:
+         ):
     "Stratified K-fold split (has-mask and mask-area bins), grouped by patient when DICOMs are given; a slice cache by case; or grow a folds file."
-    df = pipeline.split(_existing(labels, 'label CSV'), dest, _config(config) if config else None,
-                        dicoms=_existing(dicoms, 'DICOM folder') if dicoms else None, n_workers=workers,
-                        extend=_existing(extend, 'folds file') if extend else None, train_only=train_only)
+    labels, dicoms = _existing(labels, 'label CSV'), _existing(dicoms, 'DICOM folder') if dicoms else None
+    extend = _existing(extend, 'folds file') if extend else None
+    from pneumokit import pipeline
+    from pneumokit.folds import validation_folds
+    df = pipeline.split(labels, dest, _config(config) if config else None, dicoms=dicoms, n_workers=workers,
+                        extend=extend, train_only=train_only)
     val = df[df.fold.isin(validation_folds(df))]
     rates, only = val.groupby('fold').has_mask.mean(), len(df) - len(val)
     print(f"{len(df)} images in {val.fold.nunique()} folds{f' ({only} training-only)' if only else ''} -> {dest} "
@@ -149,6 +153,8 @@ def split(labels: str, # label CSV (train-rle.csv), a PNG/JPG set (its masks are
 # %% ../nbs/15_cli.ipynb #f43c4e84
 def _n_processes(processes: int | None) -> int:
     "DDP processes for `--distributed`: as asked, else one per GPU, at least 2 on a machine without one."
+    import torch
+    from pneumokit.core import check_int
     return check_int('processes', processes) if processes is not None else (torch.cuda.device_count() or 2)
 
 def train_command(config: str | Path, # a shipped config name or a YAML file
@@ -174,6 +180,7 @@ def train_command(config: str | Path, # a shipped config name or a YAML file
 def _relaunch(cmd: list[str], # the command every process runs (`train_command`)
               processes: int | None) -> None:
     "Run `cmd` as DDP processes; a CliError when they fail."
+    from pneumokit.ddp import launch
     n = _n_processes(processes)
     res = launch(cmd, num_processes=n)
     if res.returncode: raise CliError(f"the {n} DDP processes failed (exit {res.returncode}); their output is above")
@@ -191,8 +198,10 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
           wandb: bool = False, # also log to Weights & Biases, offline (`pip install pneumokit[wandb]`; or `train.wandb: true`)
           distributed: bool = False, # data-parallel (DDP) over several processes, started here through `accelerate launch`
           processes: int = None, # with --distributed: processes on this machine (default: one per GPU, at least 2 on a CPU)
-         ) -> pd.DataFrame | None:
+         ):
     "Train a config's folds (frozen then unfrozen stages, top-k checkpoints, out-of-fold maps); resumable."
+    from pneumokit import pipeline
+    from pneumokit.ddp import is_launched, is_main
     cfg = _config(config)
     if distributed and not is_launched() and _n_processes(processes) > 1:  # built from the arguments, not `sys.argv`
         return _relaunch(train_command(config, cache, folds, run, fold, resume, device, workers, not no_tensorboard, wandb, True), processes)
@@ -210,7 +219,10 @@ def search(run: str, # run folder (`pneumokit train`)
            config: str = None, # search this config's rule and grid instead of the run's own
           ) -> dict:
     "Score the threshold rule over its grid on the out-of-fold maps; save the table, the best rule and its plot."
-    res = pipeline.search(_existing(run, 'run folder'), _config(config) if config else None)
+    run = _existing(run, 'run folder')
+    from pneumokit import pipeline
+    from pneumokit.postprocess import rule_from_dict
+    res = pipeline.search(run, _config(config) if config else None)
     b = res.best
     print(f"best rule {rule_from_dict(b).describe()} -> out-of-fold Kaggle Dice {b['dice']:.4f} (all-empty {b['all_empty']:.4f}, "
           f"{b['n_images']} images); {len(res.results)} grid points")
@@ -226,8 +238,9 @@ def predict(run: str, # run folder (`pneumokit train`)
             device: str = None, # 'cpu', 'cuda' (default: CUDA when available)
            ) -> Path:
     "Fold x top-k checkpoint ensemble with TTA on every DICOM (a uint8 .npy) or, for a volume run, NIfTI scan (label volumes)."
-    ids, path = pipeline.predict(_existing(run, 'run folder'), _existing(dicoms, 'input folder'), dest,
-                                 _config(config) if config else None, list(_ints(folds, '--folds')) if folds else None, device)
+    run, dicoms, folds = _existing(run, 'run folder'), _existing(dicoms, 'input folder'), list(_ints(folds, '--folds')) if folds else None
+    from pneumokit import pipeline
+    ids, path = pipeline.predict(run, dicoms, dest, _config(config) if config else None, folds, device)
     print(f"{len(ids)} predictions -> {path}")
     return path
 
@@ -238,9 +251,12 @@ def score(preds: str, # folder of predicted label volumes (`pneumokit predict` o
           dest: str = None, # CSV for the per-class, per-case table (default: the score table in `preds`)
           codes: str = 'spine', # the class names: a `pneumokit.volumes.CODE_SETS` name
           pattern: str = '*.nii*', # glob of the scans under `volumes`
-         ) -> pd.DataFrame:
+         ):
     "Score predicted label volumes in 3D: Dice, IoU, pixel accuracy, false positives and negatives per class and case."
-    tab = pipeline.score(_existing(preds, 'prediction folder'), _existing(volumes, 'volume folder'), dest, codes, pattern)
+    preds, volumes = _existing(preds, 'prediction folder'), _existing(volumes, 'volume folder')
+    from pneumokit import pipeline
+    from pneumokit.layout import VolumeDir
+    tab = pipeline.score(preds, volumes, dest, codes, pattern)
     fg = tab[tab['class'] != tab['class'].iloc[0]]  # the background's Dice is ~1 and hides the rest
     print(f"{tab.case.nunique()} cases: mean class Dice {fg.dice.mean():.4f}, IoU {fg.iou.mean():.4f} "
           f"(background left out) -> {dest or VolumeDir(preds).scores}")
@@ -266,9 +282,11 @@ def submit(probs: str, # .npy maps from `pneumokit predict`
            out_size: int = 1024, # side of the submitted masks of images whose size `predict` did not record (PNG/JPG sets); DICOMs' are their own
           ) -> Path:
     "Binarise the maps with the searched (or given) rule, RLE-encode, validate and write the submission."
-    rule = _cli_rule(thresholds, top, area, bottom)
-    path = pipeline.submit(_existing(probs, 'probability maps'), dest, rule, _existing(sample, 'sample submission') if sample else None,
-                           out_size=out_size)
+    rule, probs = _cli_rule(thresholds, top, area, bottom), _existing(probs, 'probability maps')
+    sample = _existing(sample, 'sample submission') if sample else None
+    import pandas as pd
+    from pneumokit import pipeline
+    path = pipeline.submit(probs, dest, rule, sample, out_size=out_size)
     sub = pd.read_csv(path)
     print(f"{len(sub)} rows, {(sub.EncodedPixels.astype(str).str.strip() != '-1').sum()} with a mask -> {path}")
     return path
@@ -282,8 +300,10 @@ def export(run: str, # run folder (`pneumokit train`, best after `pneumokit sear
            thresholds: str = None, # a rule JSON file to record instead of the run's search
           ) -> Path:
     "The run's fold x top-k ensemble with its TTA as one torch.export file a kernel loads with torch alone, plus the offline kernel."
-    ed = pipeline.export(_existing(run, 'run folder'), dest, list(_ints(folds, '--folds')) if folds else None, onnx,
-                         _existing(thresholds, 'thresholds') if thresholds else None)
+    run, folds = _existing(run, 'run folder'), list(_ints(folds, '--folds')) if folds else None
+    thresholds = _existing(thresholds, 'thresholds') if thresholds else None
+    from pneumokit import pipeline
+    ed = pipeline.export(run, dest, folds, onnx, thresholds)
     m = ed.read_sidecar()
     print(f"{m['n_models']} models x {m['tta']} TTA -> {ed.model} and {ed.torchscript.name} (largest difference from pneumokit's ensemble {m['max_abs_diff']:.2g})")
     print(f"loads on torch >= {m['oldest_torch']['pt2']} ({ed.model.name}), >= {m['oldest_torch']['torchscript']} ({ed.torchscript.name}; measured, see pneumokit.export.MEASURED_OLDEST_TORCH)")
@@ -294,8 +314,10 @@ def export(run: str, # run folder (`pneumokit train`, best after `pneumokit sear
 @call_parse
 def runs(*dirs: str, # run folders, or folders whose sub-folders are runs (e.g. runs/)
          csv: str = None, # also write the whole table here as CSV
-        ) -> pd.DataFrame:
+        ):
     "Compare runs: one row each (config, model, sizes, folds, out-of-fold Kaggle Dice per fold and overall, best rule, epochs, wall time)."
+    from pneumokit import pipeline
+    from pneumokit.runs import fit_table
     df = pipeline.runs(dirs, csv)
     print(fit_table(df, shutil.get_terminal_size().columns))
     if csv: print(f"table of {len(df)} run(s) -> {csv}")
@@ -303,8 +325,10 @@ def runs(*dirs: str, # run folders, or folders whose sub-folders are runs (e.g. 
 
 # %% ../nbs/15_cli.ipynb #276da258
 @call_parse
-def configs() -> pd.DataFrame:
+def configs():
     "List the shipped experiment configs."
+    import pandas as pd
+    from pneumokit import pipeline
     df = pipeline.configs()
     with pd.option_context('display.max_colwidth', 90, 'display.width', 200): print(df.to_string(index=False))
     return df
@@ -323,6 +347,7 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
          workers: int = None, # worker processes for the data steps (default: all cores)
         ) -> Path:
     "Run the pipeline end to end on the synthetic mini-SIIM and write a report folder."
+    from pneumokit import pipeline
     return pipeline.demo(data, report, run, _config(config), n_train=n_train, n_test=n_test, size=size, seed=seed,
                          fresh=fresh, n_workers=workers)
 

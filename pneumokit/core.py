@@ -4,18 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #8244b3f6
 from __future__ import annotations
-import contextlib, errno, os, random, shutil, tempfile, warnings
+import contextlib, errno, os, random, shutil, sys, tempfile, warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.imports import IN_NOTEBOOK
 
 # %% auto #0
 __all__ = ['SIIM_SIZE', 'DISK_MARGIN', 'project_root', 'data_dir', 'in_ci', 'find_real_data', 'seed_everything',
            'available_devices', 'get_device', 'default_workers', 'parallel_map', 'WriteError', 'atomic_write',
            'write_bytes_atomic', 'check_int', 'check_float', 'check_prob', 'check_choice', 'check_bool', 'check_dest',
-           'show_figures_inline']
+           'show_figures_inline', 'bars_wanted']
 
 # %% ../nbs/00_core.ipynb #a0933858
 SIIM_SIZE = 1024  # every SIIM-ACR image is 1024x1024
@@ -118,7 +119,7 @@ def _die_with_parent(parent: int):
 def parallel_map(f, # called on each item (a picklable, module-level function)
                  items: list, # the work
                  n_workers: int, # worker processes; 0: in this process
-                 progress: bool = False, # progress bar
+                 progress: bool = False, # progress bar (where `bars_wanted`)
                  **kwargs, # passed to `f`
                 ) -> list:
     "`[f(x, **kwargs) for x in items]` in `n_workers` processes (fastcore's pool), in order; the workers die with this process, even with `kill -9`."
@@ -126,7 +127,7 @@ def parallel_map(f, # called on each item (a picklable, module-level function)
     from fastprogress.fastprogress import progress_bar
     with ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
         r = ex.map(f, items, **kwargs)
-        return list(progress_bar(r, total=len(items), leave=False) if progress else r)
+        return list(progress_bar(r, total=len(items), leave=False) if progress and bars_wanted() else r)
 
 # %% ../nbs/00_core.ipynb #5457559f
 DISK_MARGIN = 2**20  # bytes wanted free beyond a write's known size (`check_dest`); less free is a full disk
@@ -296,3 +297,9 @@ def show_figures_inline():
     ip.display_formatter.formatters['image/png'].for_type(Figure, lambda fig: print_figure(fig, 'png', bbox_inches='tight'))
 
 show_figures_inline()
+
+# %% ../nbs/00_core.ipynb #37c34aec
+def bars_wanted() -> bool:
+    "Whether progress bars can redraw in place: in a notebook, or when stdout is a terminal (not a pipe, a file or a CI log)."
+    isatty = getattr(sys.stdout, 'isatty', None)
+    return IN_NOTEBOOK or bool(isatty and isatty())

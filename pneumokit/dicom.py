@@ -21,7 +21,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (UID, JPEGBaseline8Bit, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          RLETransferSyntaxes)
 
-from .core import atomic_write, check_bool, check_int, default_workers, parallel_map, write_bytes_atomic
+from .core import atomic_write, bars_wanted, check_bool, check_int, default_workers, parallel_map, write_bytes_atomic
 from .layout import CacheDir
 from .rle import check_labels, group_labels, masks_from_rles, read_labels
 

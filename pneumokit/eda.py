@@ -16,7 +16,7 @@ from fastcore.parallel import parallel
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from .core import SIIM_SIZE, check_int, default_workers, parallel_map, write_bytes_atomic
+from .core import SIIM_SIZE, bars_wanted, check_int, default_workers, parallel_map, write_bytes_atomic
 from .dicom import DamagedImageWarning, dicom_metadata, image_id_of, list_dicoms, read_dicom
 from .layout import PngSiimDir
 from .png import PNG_CHECKS, PngSet, image_size, png_findings, png_labels, png_set, read_image
@@ -371,7 +371,7 @@ def _png_files(s: PngSet, n_workers: int | None, progress: bool) -> pd.DataFrame
     "The audit's file table of a PNG set's training images: ids from the layout; unreadable ones are `png_findings`'."
     imgs = s.images('train')
     n = min(default_workers() if n_workers is None else n_workers, len(imgs))
-    ok = [bool(v) for v in parallel(_readable, list(imgs.values()), n_workers=n, progress=progress)] if imgs else []
+    ok = [bool(v) for v in parallel(_readable, list(imgs.values()), n_workers=n, progress=progress and bars_wanted())] if imgs else []
     return pd.DataFrame(dict(file=list(map(str, imgs.values())), ImageId=list(imgs), header=ok, Rows=0, Columns=0, error=None))
 
 def _readable(p: Path) -> bool:

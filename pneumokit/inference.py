@@ -18,7 +18,7 @@ from fastprogress.fastprogress import progress_bar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import atomic_write, check_dest, check_int, get_device, write_bytes_atomic
+from .core import atomic_write, bars_wanted, check_dest, check_int, get_device, write_bytes_atomic
 from .data import imagenet_stats
 from .dicom import image_header, image_id_of, list_dicoms, read_dicom
 from .layout import MAP_SHAPE_COLS, RunDir, maps_cls, maps_ids
@@ -204,7 +204,7 @@ def _stream(models: list[nn.Module], # the ensemble (checked)
     "Write the TTA-ensemble maps of `dl` to `dest` batch by batch (whole or not at all), and the image-level probabilities beside them (`maps_cls`) when the models have that head."
     models, writer, cls = [m.to(device).eval() for m in models], _MapWriter(dest, n, out_hw), []
     try:
-        for batch in progress_bar(dl, leave=False):
+        for batch in (progress_bar(dl, leave=False) if bars_wanted() else dl):
             p, c = tta_outputs(models, to_x(batch), tta)
             writer.write(p); cls.append(c)
         path = writer.close()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -163,12 +164,34 @@ def _check_grid(values, name: str, check) -> np.ndarray:
 _LEVELS = np.arange(255) / 255  # the cuts between uint8 levels: bin v of a float map holds (v-1)/255 < p ≤ v/255
 
 def _bins(p: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
-    "Each pixel's bin: how many of the sorted `edges` it is above, compared as `_above` does; no edges: its uint8 level."
-    if edges is None:
-        if p.dtype == np.uint8: return p
-        edges = _LEVELS
-    if p.dtype == np.uint8: return np.searchsorted([level_cut(e) for e in edges], np.arange(256), 'left')[p]
-    return np.searchsorted(edges.astype(p.dtype), p, 'left')  # monotone cast: still sorted, ties included
+    "Each pixel's bin in a uint8 map: its level, or how many of the sorted `edges` it is above (compared as `_above` does)."
+    return p if edges is None else np.searchsorted([level_cut(e) for e in edges], np.arange(256), 'left')[p]
+
+_CELLS = 2**12  # a float map is first counted in cells of width 2⁻¹²: p·2¹² is exact in binary floating point
+
+@lru_cache(maxsize=16)
+def _cell_table(edges: tuple[float, ...], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    "For maps of `dtype`: the edges in that precision, each cell's bin (the edges below it), the cells holding an edge, and a mask of them."
+    dt = np.dtype(dtype)
+    e = np.array(edges).astype(dt)  # monotone cast: still sorted, ties included
+    held = (e * dt.type(_CELLS)).astype(np.intp)  # the cell holding each edge (truncation is floor: values ≥ 0)
+    mask = np.zeros(_CELLS + 1, bool); mask[held] = True
+    return e, np.searchsorted(held, np.arange(_CELLS + 1), 'left'), np.unique(held), mask
+
+def _float_hists(p: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Bin counts of a flat float map, all pixels and the truth's (flat bool): whole cells, and one by one only the pixels in a cell holding an edge."
+    e, cell_bin, held, in_held = _cell_table(tuple(edges.tolist()), p.dtype.str)
+    n = len(e) + 1
+    c = (p * p.dtype.type(_CELLS)).astype(np.intp)
+    hc, hp = np.bincount(c, minlength=_CELLS + 1), np.bincount(c[t], minlength=_CELLS + 1)
+    if hc[held].any():  # those cells straddle an edge: their pixels are binned by comparing each with the edges, as `_above` does
+        hc[held] = hp[held] = 0
+        m = in_held[c]
+        b = np.searchsorted(e, p[m], 'left')
+        extra, extra_pos = np.bincount(b, minlength=n), np.bincount(b[t[m]], minlength=n)
+    else: extra = extra_pos = 0
+    return (np.bincount(cell_bin, hc, n).astype(np.int64) + extra,  # float sums of counts < 2⁵³: exact
+            np.bincount(cell_bin, hp, n).astype(np.int64) + extra_pos)
 
 # %% ../nbs/12_postprocess.ipynb #1e707858
 def _image_hists(p: np.ndarray, t: np.ndarray, i: int, edges: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +200,7 @@ def _image_hists(p: np.ndarray, t: np.ndarray, i: int, edges: np.ndarray | None)
     if t.dtype != np.bool_:
         if t.size and t.max() > 1: raise ValueError(f"targs must be 0/1 masks; image {i} has values up to {t.max()}")
         t = t.view(np.bool_) if t.dtype == np.uint8 else t != 0
+    if p.dtype != np.uint8: return _float_hists(p.ravel(), t.ravel(), _LEVELS if edges is None else edges)
     b, n = _bins(p, edges).ravel(), 256 if edges is None else len(edges) + 1
     return np.bincount(b, minlength=n), np.bincount(b[t.ravel()], minlength=n)
 

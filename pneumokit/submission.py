@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
 
-from .core import SIIM_SIZE, atomic_write
+from .core import SIIM_SIZE, atomic_write, bars_wanted
 from .postprocess import ThresholdRule, TripletRule, apply_triplet, check_maps, remove_small_components
 from .rle import read_labels, rle_decode, rle_encode
 
@@ -176,7 +176,7 @@ def make_submission(probs_or_masks: np.ndarray | Iterable[np.ndarray], # (N, H, 
     if isinstance(probs_or_masks, np.ndarray) and probs_or_masks.ndim == 3:  # every map before any work, a chunk at a time
         check_maps(probs_or_masks, 'probs_or_masks', masks=binary is not False)
     rles = _rles(probs_or_masks, len(ids), rule, rule.check_cls_probs(cls_probs, len(ids)), min_size, binary, size, hws)
-    if progress: rles = progress_bar(rles, total=len(ids), leave=False)  # not even built when off: it prints a glyph
+    if progress and bars_wanted(): rles = progress_bar(rles, total=len(ids), leave=False)  # not even built when off: it prints a glyph
     sub = pd.DataFrame({'ImageId': ids, 'EncodedPixels': list(rles)})
     if sample is not None: validate_submission(sub, sample, size=size, shapes=dict(zip(ids, hws)))
     with atomic_write(path, 'w', newline='') as f: sub.to_csv(f, index=False)

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ComputedRadiographyImageStorage, JPEGBaseline8Bit, generate_uid
 
-from .core import check_int, default_workers, write_bytes_atomic
+from .core import bars_wanted, check_int, default_workers, write_bytes_atomic
 from .layout import SiimDir
 from .rle import rle_encode
 
@@ -514,6 +514,6 @@ def make_mini_siim(dest: str | Path, # folder to write into (created when missin
     dest = _prepare_dest(SiimDir(dest), overwrite)
     plan = plan_mini_siim(n_train, n_test, seed)
     lines = parallel(_make_one, plan.to_dict('records'), dest=dest, size=size, seed=seed, n_workers=n_workers,
-                     progress=progress)
+                     progress=progress and bars_wanted())
     _write_csvs(dest, plan, list(lines))
     return dest.root

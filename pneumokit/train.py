@@ -40,8 +40,8 @@ from .recipe import (OPTIMIZERS, RECIPE_SECTIONS, SCHEDULES, TASKS, Recipe, Stag
 from .callbacks import WeightAverage, freezes_bn, score_average, stage_callbacks
 
 # %% auto #0
-__all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'bars_wanted', 'EpochLines', 'overlay', 'overlay_grid',
-           'TensorBoardLog', 'check_wandb', 'write_oof', 'train_fold', 'train_kfold']
+__all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog',
+           'check_wandb', 'write_oof', 'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #191ea4ec
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -140,10 +140,7 @@ class FoldCheckpoint(Callback):
             self.writer.flush()
 
 # %% ../nbs/10_train.ipynb #9f202e00
-def bars_wanted() -> bool:
-    "Whether progress bars can redraw in place: in a notebook, or when stdout is a terminal (not a pipe, a file or a CI log)."
-    isatty = getattr(sys.stdout, 'isatty', None)
-    return IN_NOTEBOOK or bool(isatty and isatty())
+from .core import bars_wanted  # the one switch of every progress bar (it lives in `core`); re-exported here
 
 class EpochLines(Callback):
     "One printed line per epoch (its figures and time) in place of progress bars, for output that is not a terminal."

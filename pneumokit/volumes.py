@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .core import check_int, get_device, parallel_map
+from .core import bars_wanted, check_int, get_device, parallel_map
 from .data import _check_codes
 from .dicom import _write_png
 from .inference import normalise, tta_probs

@@ -97,3 +97,96 @@ def grown_run(tmp_path_factory):
     pipeline.search(d/'run')
     return SimpleNamespace(root=d, mini=mini, cfg=d/'cfg.yaml', cache=d/'cache', folds0=d/'folds0.csv', folds=d/'folds.csv',
                            run=d/'run', first=first, n=80)
+
+
+# ------------------------------------------------------------------------------------ trained runs, shared by the session
+# A trained run costs minutes on a CPU: each is built once per session, in a folder every xdist worker of the session sees
+# (the workers' base temp folders sit inside the controller's), under a file lock, and read (or copied) by every test
+# that needs one. `pytest_sessionfinish` below checks that no fold of a config was trained twice on the same folds.
+SMOKE = 'siim-1st-place.cpu-smoke'
+DEMO_ARGS = ['--n-train', 100, '--n-test', 8, '--size', 256, '--workers', 0]  # the smoke demo: its set is every smoke run's set
+
+
+def _session_root(factory) -> Path:
+    "The folder shared by every process of this pytest session: the controller's base temp folder."
+    base = factory.getbasetemp()
+    return base.parent if base.name.startswith('popen-gw') else base
+
+
+def shared_folder(factory, name: str, build) -> Path:
+    "`<session>/shared/<name>`, made by `build(folder)` exactly once per session whichever worker asks first."
+    import fcntl
+    d = _session_root(factory)/'shared'/name
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with open(d.parent/f'{name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (d/'.built').exists(): return d
+            if (d/'.failed').exists(): pytest.fail(f'building the shared {name} failed earlier in this session: {d/".failed"}')
+            d.mkdir(exist_ok=True)
+            try: build(d)
+            except BaseException as e:
+                (d/'.failed').write_text(repr(e)); raise
+            (d/'.built').touch()
+            return d
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_demo(d: Path):
+    "`pneumokit demo` of the CPU smoke recipe through the console script, stdout a pipe; its output kept in demo.log."
+    res = run_cli('demo', '--data', d/'mini', '--report', d/'report', '--config', SMOKE, *DEMO_ARGS, env={'OMP_NUM_THREADS': '1'})
+    (d/'demo.log').write_text(res.stdout + res.stderr)
+
+
+@pytest.fixture(scope='session')
+def smoke_demo(tmp_path_factory) -> Path:
+    "The smoke demo, run once per session: `mini/` (the synthetic set), `mini-cache`, `mini-folds.csv`, `mini-run` (the smoke recipe's folds 0 and 1, searched and predicted), `report/`, `demo.log`. Read it; copy it to change it."
+    return shared_folder(tmp_path_factory, 'smoke-demo', _run_demo)
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory, smoke_demo):
+    "`get(config)`: a shipped config's fold 0 trained on the smoke demo's set and folds, searched, predicted and submitted through the CLI (in this process), once per session; the smoke recipe itself is the demo's run."
+    def build(cfg: str, run: Path):
+        mini = smoke_demo/'mini'
+        cli_run('train', cfg, smoke_demo/'mini-cache', smoke_demo/'mini-folds.csv', run/'run', '--fold', 0, '--no-tensorboard', '--workers', 0)
+        cli_run('search', run/'run')
+        cli_run('predict', run/'run', mini/'dicom-images-test')
+        cli_run('submit', run/'run'/'test_probs.npy', run/'submission.csv', '--thresholds', run/'run', '--sample', mini/'sample_submission.csv')
+    def get(cfg: str) -> tuple[Path, Path]:
+        "(run folder, submission CSV)"
+        if cfg == SMOKE: return smoke_demo/'mini-run', smoke_demo/'report'/'submission.csv'
+        d = shared_folder(tmp_path_factory, f'run-{cfg}', lambda d: build(cfg, d))
+        return d/'run', d/'submission.csv'
+    return get
+
+
+def fold_trainings(root: Path) -> dict:
+    "Every fold trained under `root`: (config text, folds CSV content, fold) → the distinct trainings (copies of a run, whose files keep their times, count once)."
+    import hashlib, json
+    out = {}
+    for info in Path(root).rglob('run.json'):
+        run = info.parent
+        try: folds = Path(json.loads(info.read_text())['folds']).read_bytes()
+        except (OSError, ValueError, KeyError): continue
+        cfg = (run/'config.yaml').read_bytes() if (run/'config.yaml').exists() else b''
+        key = hashlib.sha1(cfg).hexdigest()[:12], hashlib.sha1(folds).hexdigest()[:12]
+        for fold in run.glob('fold*'):
+            if ckpts := list(fold.glob('model_*.pth')):  # written by training only (a resumed, finished fold keeps them)
+                out.setdefault((*key, fold.name), {}).setdefault(max(c.stat().st_mtime_ns for c in ckpts), []).append(str(run))
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    "No config's fold is trained twice on the same folds in one session (the controller checks every worker's folders)."
+    if hasattr(session.config, 'workerinput') or not hasattr(session.config, '_tmp_path_factory'): return
+    try: root = _session_root(session.config._tmp_path_factory)
+    except Exception: return
+    twice = {k: v for k, v in fold_trainings(root).items() if len(v) > 1}
+    if twice:
+        rep = session.config.pluginmanager.get_plugin('terminalreporter')
+        for (cfg, folds, fold), runs in twice.items():
+            msg = f'trained {len(runs)} times in this session (config {cfg}, folds {folds}, {fold}): {sorted(r for rs in runs.values() for r in rs)}'
+            if rep: rep.write_line(f'ERROR shared runs: {msg}', red=True)
+            else: print(msg)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

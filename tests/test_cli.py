@@ -1,8 +1,10 @@
 """The `pneumokit` console script: help, a real run of each command, and one bad input each."""
+import subprocess, sys
+
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import cli_fails, run_cli
 
 COMMANDS = ['synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit', 'export',
             'runs', 'configs', 'demo']
@@ -36,23 +38,42 @@ def test_unknown_command():
     _one_line_failure(run_cli('trian', check=False), "unknown command 'trian'", 'valid:')
 
 
+def test_bad_input_through_the_console_script(tmp_path):
+    "The console script turns a command's error into one line on stderr and a non-zero exit (the messages themselves: below, in-process)."
+    _one_line_failure(run_cli('search', tmp_path/'norun', check=False), 'pneumokit search: run folder not found')
+
+
 def test_bad_inputs(tmp_path):
-    _one_line_failure(run_cli('synth', '--dest', tmp_path/'s', '--n-train', 0, check=False), 'pneumokit synth', 'n_train')
-    _one_line_failure(run_cli('prepare', tmp_path/'nope', tmp_path/'c', check=False), 'DICOM folder not found')
-    _one_line_failure(run_cli('prepare', tmp_path, tmp_path/'c', '--sizes', '256,big', check=False), '--sizes')
-    _one_line_failure(run_cli('prepare', tmp_path, tmp_path/'c', check=False), 'needs a config')
-    _one_line_failure(run_cli('audit', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
-    _one_line_failure(run_cli('eda', tmp_path/'missing.csv', tmp_path, check=False), 'label CSV not found')
-    _one_line_failure(run_cli('demo', '--config', 'siim-99th', '--data', tmp_path/'d', '--report', tmp_path/'r',
-                              check=False), "config 'siim-99th' not found")
-    _one_line_failure(run_cli('split', tmp_path/'missing.csv', check=False), 'label CSV not found')
-    _one_line_failure(run_cli('train', 'demo', tmp_path/'nocache', tmp_path/'f.csv', tmp_path/'run', check=False), 'PNG cache not found')
-    _one_line_failure(run_cli('search', tmp_path/'norun', check=False), 'run folder not found')
-    _one_line_failure(run_cli('predict', tmp_path, tmp_path, check=False), 'config.yaml not found')
-    _one_line_failure(run_cli('submit', tmp_path/'p.npy', check=False), 'give --thresholds')
+    cli_fails('synth', '--dest', tmp_path/'s', '--n-train', 0, needles=['n_train'])
+    cli_fails('prepare', tmp_path/'nope', tmp_path/'c', needles=['DICOM folder not found'])
+    cli_fails('prepare', tmp_path, tmp_path/'c', '--sizes', '256,big', needles=['--sizes'])
+    cli_fails('prepare', tmp_path, tmp_path/'c', needles=['needs a config'])
+    cli_fails('audit', tmp_path/'missing.csv', tmp_path, needles=['label CSV not found'])
+    cli_fails('eda', tmp_path/'missing.csv', tmp_path, needles=['label CSV not found'])
+    cli_fails('demo', '--config', 'siim-99th', '--data', tmp_path/'d', '--report', tmp_path/'r', needles=["config 'siim-99th' not found"])
+    cli_fails('split', tmp_path/'missing.csv', needles=['label CSV not found'])
+    cli_fails('train', 'demo', tmp_path/'nocache', tmp_path/'f.csv', tmp_path/'run', needles=['PNG cache not found'])
+    cli_fails('search', tmp_path/'norun', needles=['run folder not found'])
+    cli_fails('predict', tmp_path, tmp_path, needles=['config.yaml not found'])
+    cli_fails('submit', tmp_path/'p.npy', needles=['give --thresholds'])
     bad = tmp_path/'bad.yaml'
     bad.write_text('base: demo\nstages:\n  - {size: 64, epoch: 2}\n')
-    _one_line_failure(run_cli('train', bad, tmp_path, tmp_path, tmp_path/'run', check=False), 'bad.yaml: unknown key `stages[0].epoch`')
+    cli_fails('train', bad, tmp_path, tmp_path, tmp_path/'run', needles=['bad.yaml: unknown key `stages[0].epoch`'])
+
+
+HEAVY = ('torch', 'fastai', 'timm', 'segmentation_models_pytorch')
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['train', '--help'], ['search', '/no/such/run'], ['prepare', '/no/dicoms', '/tmp/c'],
+                                  ['submit', 'p.npy', '--top', '0.5'], ['predict', '/no/run', '/no/dicoms', '--folds', 'x'], ['trian']])
+def test_answers_without_torch(argv):
+    "Help, argument errors and missing paths answer before torch, fastai, timm or smp are imported (checked in a fresh process, from `sys.modules`)."
+    code = ('import sys\nfrom pneumokit.__main__ import main\nsys.argv = ["pneumokit", *sys.argv[1:]]\n'
+            'try: main(); print("EXIT", 0)\nexcept SystemExit as e: print("EXIT", 0 if e.code in (0, None) else 1)\n'
+            f'print("LOADED", [m for m in {HEAVY!r} if m in sys.modules])')
+    res = subprocess.run([sys.executable, '-c', code, *argv], capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines()[-1] == 'LOADED []', res.stdout[-2000:] + res.stderr[-2000:]
+    assert ('EXIT 0' in res.stdout) == (argv[-1] == '--help' or argv == ['--help'])  # help exits 0; the rest say why and fail
 
 
 def test_commands_end_to_end(tmp_path):
