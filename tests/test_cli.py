@@ -5,7 +5,7 @@ import pytest
 from conftest import run_cli
 
 COMMANDS = ['synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit', 'export',
-            'configs', 'demo']
+            'lr-find', 'configs', 'demo']
 
 
 def test_usage_lists_commands():
