@@ -291,7 +291,7 @@ def lr_find(config: str, # a shipped config name (`pneumokit configs`) or a YAML
             dest: str = None, # output folder (default: lr-find/<config name>; see `pneumokit.layout.LrFindDir`)
             fold: int = None, # validation fold (default: the first the config trains)
             checkpoint: str = None, # start from these weights, e.g. a fold's model_*.pth after the previous stage
-            num_it: int = 100, # batches of the mock training (at least 20)
+            num_it: int = 100, # batches of the mock training (at least 30)
             start_lr: float = 1e-7, # first learning rate
             end_lr: float = 10., # last learning rate
             device: str = None, # 'cpu', 'cuda' (default: CUDA when available)

@@ -270,9 +270,14 @@ def _png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 def _check_lr_range(num_it: int, start_lr: float, end_lr: float):
-    check_int('num_it', num_it, 20)  # fastai's suggestions drop the first tenth and the last 5 points
+    check_int('num_it', num_it, 30)  # fastai's `slide` looks 15 points back, after the first tenth and the last 5 are dropped
     check_float('start_lr', start_lr, positive=True); check_float('end_lr', end_lr, positive=True)
     if start_lr >= end_lr: raise ValueError(f"`start_lr` ({start_lr}) must be below `end_lr` ({end_lr})")
+
+def _load_checkpoint(model, f):
+    "Weights of a checkpoint (e.g. the previous stage's `model_*.pth`) into the stage's model; one line naming the file when they do not fit."
+    try: model.load_state_dict(read_state_dict(f))
+    except RuntimeError as e: raise ValueError(f"{f}: weights do not fit the config's model ({str(e).splitlines()[0][:200]})") from None
 
 # %% ../nbs/14b_pipeline.ipynb #a03954c8
 def lr_find(cfg: str | Path | Config, # config name, file or `Config`
@@ -282,7 +287,7 @@ def lr_find(cfg: str | Path | Config, # config name, file or `Config`
             dest: str | Path | LrFindDir | None = None, # output folder (default: `LrFindDir.default(<config name>)`)
             fold: int | None = None, # validation fold (default: the first the config trains)
             checkpoint: str | Path | None = None, # start from these weights (e.g. a fold's `model_*.pth` after the previous stage)
-            num_it: int = 100, # batches of the mock training (at least 20)
+            num_it: int = 100, # batches of the mock training (at least 30)
             start_lr: float = 1e-7, # first learning rate
             end_lr: float = 10., # last learning rate
             device: str | None = None, # default: CUDA when available
@@ -299,8 +304,12 @@ def lr_find(cfg: str | Path | Config, # config name, file or `Config`
     seed_everything(cfg.recipe.seed)
     with tempfile.TemporaryDirectory() as t:
         learn = stage_learner(cfg.recipe, stage, cache, ff, k, t, device, n_workers)
-        if checkpoint is not None: learn.model.load_state_dict(read_state_dict(checkpoint))  # a file that does not fit: its name and keys
-        with learn.no_bar(): found = learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=_SUGGESTIONS)
+        if checkpoint is not None: _load_checkpoint(learn.model, checkpoint)
+        try:
+            with learn.no_bar(): found = learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=_SUGGESTIONS)
+        except IndexError:  # the loss diverged too early: too few points for fastai's suggestions
+            raise ValueError(f"the loss diverged after {len(learn.recorder.lrs)} of {num_it} batches, at lr {learn.recorder.lrs[-1]:.1e}: "
+                             "too few points to suggest a rate; lower `end_lr` or raise `num_it`") from None
     lrs, losses = np.array(learn.recorder.lrs, float), np.array([float(l) for l in learn.recorder.losses])
     res = dict(config=cfg.name, stage=stage, fold=k, checkpoint=None if checkpoint is None else str(checkpoint), n_batches=len(lrs),
                plot=str(out.plot(stage)), **{n: float(v) for n, v in found._asdict().items()})

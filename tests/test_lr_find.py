@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 def test_lr_find_cli_writes_plot_and_suggestion(data, capsys):
     from pneumokit.layout import LrFindDir
     d = data
-    res = cli_run('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--stage', 1, '--dest', d/'lr', '--num-it', 20,
+    res = cli_run('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--stage', 1, '--dest', d/'lr', '--num-it', 50,
                   '--workers', 0, '--device', 'cpu')
     out = LrFindDir(d/'lr')
     assert f"stage 1: suggested lr {res['valley']:.2e}" in capsys.readouterr().out
@@ -38,7 +38,7 @@ def test_lr_find_cli_writes_plot_and_suggestion(data, capsys):
     assert all(1e-7 <= res[k] <= 10 for k in ('valley', 'slide', 'minimum', 'steep'))
     assert out.plot(1).read_bytes()[:4] == b'\x89PNG' and out.plot(1).stat().st_size > 5000
     curve = pd.read_csv(out.curve(1))
-    assert len(curve) == res['n_batches'] and 10 < len(curve) <= 20 and curve.lr.is_monotonic_increasing
+    assert len(curve) == res['n_batches'] and 20 < len(curve) <= 50 and curve.lr.is_monotonic_increasing
     assert not list((d/'lr').glob('.*.tmp'))  # written atomically: no temporary file left
 
 
@@ -56,9 +56,9 @@ def test_lr_find_runs_on_the_stage(data, tmp_path, monkeypatch):
         seen['restored'] = all((v == seen['before'][k]).all() for k, v in self.model.state_dict().items())
         return r
     monkeypatch.setattr(Learner, 'lr_find', spy)
-    pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=0, dest=tmp_path, num_it=20, n_workers=0, device='cpu')
+    pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=0, dest=tmp_path, num_it=50, n_workers=0, device='cpu')
     assert (seen['bs'], seen['loss'], seen['trainable'], seen['restored']) == (8, 'ComboLoss', [False, True], True)
-    pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=1, dest=tmp_path, num_it=20, n_workers=0, device='cpu')
+    pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=1, dest=tmp_path, num_it=50, n_workers=0, device='cpu')
     assert (seen['bs'], seen['loss'], seen['trainable']) == (4, 'LovaszLoss', [True, True])
     assert sorted(p.name for p in tmp_path.iterdir()) == [f'lr_find_stage{s}.{e}' for s in (0, 1) for e in ('csv', 'json', 'png')]
 
@@ -68,6 +68,10 @@ def test_lr_find_bad_input(data, tmp_path):
     cli_fails('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--stage', 2, '--dest', tmp_path/'lr',
               needles=['`stage` is 2: the recipe has 2 stage(s), numbered 0 to 1'])
     cli_fails('lr-find', d/'cfg.yaml', tmp_path/'nope', d/'folds.csv', needles=['PNG cache not found'])
-    cli_fails('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--num-it', 5, needles=['`num_it`'])
+    cli_fails('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--num-it', 10, needles=['`num_it`'])
     cli_fails('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--checkpoint', tmp_path/'none.pth', needles=['checkpoint not found'])
+    import torch
+    torch.save({'encoder.conv.weight': torch.zeros(1)}, tmp_path/'other.pth')  # another model's weights
+    cli_fails('lr-find', d/'cfg.yaml', d/'cache', d/'folds.csv', '--checkpoint', tmp_path/'other.pth', '--dest', tmp_path/'lr',
+              needles=[f"{tmp_path/'other.pth'}: weights do not fit the config's model"])
     assert not (tmp_path/'lr').exists()

@@ -39,8 +39,10 @@ class TinyUNet(nn.Module):
         return self.head(x)
 '''
 
-BASE = dict(base='siim-1st-place.cpu-smoke', train=dict(top_k=1, min_area=5), data=dict(n_splits=2, folds=[0]),
-            inference=dict(bs=4, tta='hflip'))
+# no `base:`: a base's `model.kwargs` (smp's decoder_channels) would merge into the own model's keywords
+BASE = dict(model=dict(encoder='mobilenet_v2', kwargs=dict(decoder_channels=[16, 16, 8, 8, 8])),
+            train=dict(top_k=1, min_area=5), data=dict(n_splits=2, folds=[0]), inference=dict(bs=4, tta='hflip'),
+            thresholds=dict(tops=[0.3, 0.5], areas=[0, 5], bottoms=[0.3, 0.5]))
 AUG = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=0.5),
                  A.RandomBrightnessContrast(p=0.3)])
 
