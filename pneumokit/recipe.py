@@ -237,9 +237,9 @@ def _check_model(r: Recipe):
     try: check_encoder(r.encoder)
     except KeyError as e: raise ValueError(f"`model.encoder`: {e.args[0]}") from None
     valid = [k for k in model_kwargs_names(r.arch) if k not in _NOT_KWARGS]
-    for k in ([] if is_custom_arch(r.arch) else r.model_kwargs):  # your own class: its signature, checked by the build
+    for k in r.model_kwargs:
         if k in _NOT_KWARGS: raise ValueError(f"`model.kwargs.{k}`: {_NOT_KWARGS[k]}")
-        if k not in valid and not r.encoder.startswith('tu-'):  # a 'tu-' encoder takes timm's keys too: the build checks them
+        if k not in valid and not r.encoder.startswith('tu-') and not is_custom_arch(r.arch):  # 'tu-': timm's keys too; your own class: its signature (the build checks both)
             raise ValueError(f"unknown key `model.kwargs.{k}` for {get_arch(r.arch).__name__}; valid keys: {', '.join(valid)}")
     try: m = dry_build(r.arch, r.encoder, classes=r.classes, **r.model_kwargs)
     except ValueError as e: raise ValueError(f"`model.kwargs`: {e}") from None
