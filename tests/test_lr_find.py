@@ -61,6 +61,18 @@ def test_lr_find_runs_on_the_stage(data, tmp_path, monkeypatch):
     pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=1, dest=tmp_path, num_it=50, n_workers=0, device='cpu')
     assert (seen['bs'], seen['loss'], seen['trainable']) == (4, 'LovaszLoss', [True, True])
     assert sorted(p.name for p in tmp_path.iterdir()) == [f'lr_find_stage{s}.{e}' for s in (0, 1) for e in ('csv', 'json', 'png')]
+    # from a checkpoint (the previous stage's weights): the finder starts from them
+    import torch
+    from pneumokit.config import load_config
+    from pneumokit.models import build_model
+    from pneumokit.recipe import model_kwargs
+    r = load_config(data/'cfg.yaml').recipe
+    m = build_model(r.arch, r.encoder, None, **model_kwargs(r))
+    with torch.no_grad(): m.segmentation_head[0].bias.fill_(0.123)
+    torch.save(m.state_dict(), tmp_path/'prev.pth')
+    res = pipeline.lr_find(data/'cfg.yaml', data/'cache', data/'folds.csv', stage=1, dest=tmp_path/'ck', checkpoint=tmp_path/'prev.pth',
+                           num_it=50, n_workers=0, device='cpu')
+    assert seen['before']['segmentation_head.0.bias'].item() == pytest.approx(0.123) and res['checkpoint'] == str(tmp_path/'prev.pth')
 
 
 def test_lr_find_bad_input(data, tmp_path):
