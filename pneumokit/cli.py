@@ -16,7 +16,7 @@ from fastcore.script import CliError, call_parse, parse_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train_command', 'train', 'search', 'predict',
-           'score', 'submit', 'export', 'runs', 'configs', 'demo', 'run_command', 'main']
+           'score', 'submit', 'export', 'lr_find', 'runs', 'configs', 'demo', 'run_command', 'main']
 
 # %% ../nbs/15_cli.ipynb #5af7bf34
 def _ints(s: str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -310,6 +310,30 @@ def export(run: str, # run folder (`pneumokit train`, best after `pneumokit sear
     print(f"in a kernel: python {ed.kernel} {ed.sidecar} DICOM_FOLDER submission.csv")
     return ed.root
 
+# %% ../nbs/15_cli.ipynb #3064e44f
+@call_parse
+def lr_find(config: str, # a shipped config name (`pneumokit configs`) or a YAML file
+            cache: str, # the config's PNG cache (`pneumokit prepare --config`); a volume config: its slice cache
+            folds: str, # folds CSV (`pneumokit split`)
+            stage: int = 0, # which of the config's stages (0 is the first)
+            dest: str = None, # output folder (default: lr-find/<config name>; see `pneumokit.layout.LrFindDir`)
+            fold: int = None, # validation fold (default: the first the config trains)
+            checkpoint: str = None, # start from these weights, e.g. a fold's model_*.pth after the previous stage
+            num_it: int = 100, # batches of the mock training (at least 30)
+            start_lr: float = 1e-7, # first learning rate
+            end_lr: float = 10., # last learning rate
+            device: str = None, # 'cpu', 'cuda' (default: CUDA when available)
+            workers: int = None, # DataLoader workers
+           ) -> dict:
+    "fastai's LR finder on one stage of a config (its data, model, frozen state and loss); saves the plot and the suggested rates."
+    from pneumokit import pipeline  # here, not at the top: `pneumokit --help` need not start torch
+    cfg = _config(config)
+    res = pipeline.lr_find(cfg, _existing(cache, pipeline.data_kind(cfg).cache), _existing(folds, 'folds file'), stage, dest, fold,
+                           _existing(checkpoint, 'checkpoint') if checkpoint else None, num_it, start_lr, end_lr, device, workers)
+    print(f"stage {stage}: suggested lr {res['valley']:.2e} (valley; slide {res['slide']:.2e}, minimum {res['minimum']:.2e}, "
+          f"steep {res['steep']:.2e}) -> {res['plot']}")
+    return res
+
 # %% ../nbs/15_cli.ipynb #141e2229
 @call_parse
 def runs(*dirs: str, # run folders, or folders whose sub-folders are runs (e.g. runs/)
@@ -353,10 +377,11 @@ def demo(data: str = None, # folder for the synthetic set (default: data/mini-si
 
 # %% ../nbs/15_cli.ipynb #b202469e
 COMMANDS = dict(synth=synth, prepare=prepare, slice=slice, audit=audit, eda=eda, split=split, train=train, search=search,
-                predict=predict, score=score, submit=submit, export=export, runs=runs, configs=configs, demo=demo)
+                predict=predict, score=score, submit=submit, export=export, runs=runs, configs=configs, demo=demo,
+                **{'lr-find': lr_find})
 _POSITIONAL = dict(prepare=['dicoms', 'cache'], audit=['labels', 'dicoms'], eda=['labels', 'dicoms'], split=['labels', 'dest'],
                    train=['config', 'cache', 'folds', 'run'], search=['run'], predict=['run', 'dicoms'], submit=['probs', 'dest'],
-                   slice=['volumes', 'cache'], score=['preds', 'volumes'], export=['run', 'dest'])
+                   slice=['volumes', 'cache'], score=['preds', 'volumes'], export=['run', 'dest'], **{'lr-find': ['config', 'cache', 'folds']})
 
 def _usage() -> str:
     lines = ['usage: pneumokit <command> [options]   (pneumokit <command> --help for its options)', '', 'commands:']

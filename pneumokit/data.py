@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_data.ipynb #f5d38362
 from __future__ import annotations
-import os, random
+import json, os, random, warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,16 +24,16 @@ from fastai.vision.data import ImageBlock
 from fasttransform import ItemTransform, Transform
 from matplotlib.colors import ListedColormap
 
-from .core import check_int, default_workers, get_device
+from .core import check_choice, check_int, default_workers, get_device
 from .dicom import dicom_metadata, read_dicom, rles_by_id
 from .layout import CacheDir
 from .folds import TRAIN_ONLY, validation_folds
 from .rle import group_labels, masks_from_rles, read_labels
 
 # %% auto #0
-__all__ = ['AUG_PRESETS', 'SIIM_CODES', 'get_augs', 'AlbumentationsTransform', 'pos_frac_at', 'epoch_length', 'sample_pos_frac',
-           'PosFracDL', 'ShardedDL', 'SIIMMask', 'PILSIIMMask', 'GreyToRGB', 'siim_datablock', 'siim_dataloaders',
-           'dicom_dataloaders', 'set_dls', 'slice_datablock', 'slice_dataloaders']
+__all__ = ['AUG_PRESETS', 'SIIM_CODES', 'get_augs', 'check_aug', 'AlbumentationsTransform', 'pos_frac_at', 'epoch_length',
+           'sample_pos_frac', 'PosFracDL', 'ShardedDL', 'SIIMMask', 'PILSIIMMask', 'GreyToRGB', 'siim_datablock',
+           'siim_dataloaders', 'dicom_dataloaders', 'set_dls', 'slice_datablock', 'slice_dataloaders']
 
 # %% ../nbs/06_data.ipynb #f7c618f2
 _REFLECT = cv2.BORDER_REFLECT_101  # the 1st place's `border_mode=4`
@@ -67,13 +67,54 @@ def _no_aug(size: int, # output side
 AUG_PRESETS: dict[str, Callable[[int], list]] = {'siim-1st': _siim_1st, 'siim-34th': _siim_34th, 'none': _no_aug}
 
 # %% ../nbs/06_data.ipynb #8477ed0c
-def get_augs(name: str, # a key of `AUG_PRESETS`
+def get_augs(name: str | dict, # a key of `AUG_PRESETS`, or a pipeline in albumentations' serialised form (`A.to_dict`)
              size: int, # side of the (square) output
              seed: int | None = None, # seed of the pipeline's random generator (`None`: fresh entropy)
             ) -> A.Compose:
-    "The albumentations pipeline `name` at `size`, for (uint8 grey image, 0/1 mask) pairs."
+    "The albumentations pipeline `name` at `size`, for (uint8 grey image, 0/1 mask) pairs; a serialised pipeline runs as given, then a resize to `size`."
+    size = check_int('size', size, 8)
+    if isinstance(name, dict): return A.Compose([_from_dict(name), A.Resize(size, size)], seed=seed)
     if name not in AUG_PRESETS: raise KeyError(f"Unknown augmentation preset {name!r}; choose from {list(AUG_PRESETS)}")
-    return A.Compose(AUG_PRESETS[name](check_int('size', size, 8)), seed=seed)
+    return A.Compose(AUG_PRESETS[name](size), seed=seed)
+
+
+# %% ../nbs/06_data.ipynb #7b3af0b3
+def _from_dict(aug: dict) -> A.BasicTransform:
+    "albumentations' `from_dict`, with its errors as one `ValueError` line (an ignored argument is found by `check_aug`'s round trip)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try: return A.from_dict(aug)
+        except KeyError as e:
+            raise ValueError(f"`aug`: albumentations has no transform {e.args[0]!r} (each transform is a mapping "
+                             "with its class in `__class_fullname__`, e.g. HorizontalFlip)") from None
+        except (ValueError, TypeError, AttributeError) as e: raise ValueError(f"`aug`: {' '.join(str(e).split())[:300]}") from None
+
+def _ignored(given, built) -> list[str]:
+    "`Transform.key` for every key of the serialised `given` that albumentations' own serialisation `built` of it lacks."
+    if isinstance(given, dict) and isinstance(built, dict):
+        here = [f"{given.get('__class_fullname__', '?')}.{k}" for k in given if k not in built]
+        return here + [x for k in given if k in built for x in _ignored(given[k], built[k])]
+    if isinstance(given, list) and isinstance(built, list) and len(given) == len(built):
+        return [x for g, b in zip(given, built) for x in _ignored(g, b)]
+    return []
+
+def check_aug(aug: str | dict, # a key of `AUG_PRESETS`, or a pipeline in albumentations' serialised form (`A.to_dict`)
+              size: int | None = None, # also run it once on a grey image and mask of this side
+             ) -> str | dict:
+    "`aug` when it is a preset name, or a serialised pipeline that builds with every argument used (in JSON form); else a `ValueError` naming what is wrong."
+    if isinstance(aug, str): return check_choice('aug', aug, AUG_PRESETS)
+    if not isinstance(aug, dict) or not isinstance(aug.get('transform'), dict):
+        raise ValueError(f"`aug` must be a preset name ({', '.join(AUG_PRESETS)}) or a pipeline in albumentations' serialised "
+                         f"form (`A.to_dict(pipeline)`: a mapping with a `transform` key), got {aug!r}")
+    aug = json.loads(json.dumps(aug))  # tuples -> lists: the form YAML and the round trip give
+    t = _from_dict(aug)
+    if bad := _ignored(aug['transform'], A.to_dict(t)['transform']):
+        raise ValueError(f"`aug`: albumentations {A.__version__} ignores {', '.join(bad)} (not an argument of that transform: an old name?)")
+    if size is not None:
+        z = np.zeros((check_int('size', size, 8),) * 2, np.uint8)
+        try: get_augs(aug, size, seed=0)(image=z, mask=z)
+        except Exception as e: raise ValueError(f"`aug`: the pipeline fails on a {size}×{size} grey image and mask ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    return aug
 
 # %% ../nbs/06_data.ipynb #f949a2aa
 class AlbumentationsTransform(ItemTransform):
@@ -222,7 +263,7 @@ def siim_datablock(get_x: Callable[[str], np.ndarray], # ImageId → uint8 grey 
                    get_y: Callable[[str], np.ndarray], # ImageId → 0/1 uint8 (H, W) mask
                    valid_idx: Sequence[int], # positions of the validation images among the items
                    size: int, # side of the training images (augmentations end with a resize to it)
-                   aug: str = 'siim-1st', # a key of `AUG_PRESETS` (training only)
+                   aug: str | dict = 'siim-1st', # a key of `AUG_PRESETS` or a serialised pipeline (`check_aug`; training only)
                    seed: int | None = None, # seed of the augmentations
                   ) -> DataBlock:
     "A `DataBlock` of ImageIds → (3-channel ImageNet-normalised image, 0/1 `SIIMMask`), augmented for training."
@@ -283,7 +324,7 @@ def siim_dataloaders(cache: str | Path | CacheDir, # PNG cache from `build_cache
                      folds: pd.DataFrame, # `make_folds` output: ImageId, fold (and has_mask for `pos_frac`)
                      fold: int, # validation fold; the others train
                      bs: int = 16, # batch size (training and validation)
-                     aug: str = 'siim-1st', # training augmentations, a key of `AUG_PRESETS`
+                     aug: str | dict = 'siim-1st', # training augmentations: a key of `AUG_PRESETS` or a serialised pipeline (`check_aug`)
                      pos_frac: float | Sequence[float] | Callable[[int], float] | None = None, # positives' share per epoch
                      n_workers: int | None = None, # loader processes; default: CUDA, cores - 1; a CPU, 0 with <= 2 cores, else min(8, cores)
                      seed: int | None = 0, # seeds the augmentations and the sampling
@@ -333,7 +374,7 @@ def dicom_dataloaders(src: str | Path | Sequence[str | Path], # DICOM folder (an
                       folds: pd.DataFrame, # `make_folds` output: ImageId, fold (and has_mask for `pos_frac`)
                       fold: int, # validation fold; the others train
                       bs: int = 16, # batch size
-                      aug: str = 'siim-1st', # training augmentations, a key of `AUG_PRESETS`
+                      aug: str | dict = 'siim-1st', # training augmentations: a key of `AUG_PRESETS` or a serialised pipeline (`check_aug`)
                       pos_frac: float | Sequence[float] | Callable[[int], float] | None = None, # as `siim_dataloaders`
                       n_workers: int | None = None, # loader processes (0 also reads the headers serially)
                       seed: int | None = 0, # seeds the augmentations and the sampling
@@ -375,7 +416,7 @@ def _check_codes(codes: Sequence[str], # class names, background first
 
 def slice_datablock(codes: Sequence[str], # class names, background first
                     size: int, # side of the training slices (augmentations end with a resize to it)
-                    aug: str = 'none', # a key of `AUG_PRESETS` (training only)
+                    aug: str | dict = 'none', # a key of `AUG_PRESETS` or a serialised pipeline (`check_aug`; training only)
                     seed: int | None = None, # seed of the augmentations
                    ) -> DataBlock:
     "Slice-manifest rows → (3-channel normalised image, `TensorMask` of class indices); the `is_valid` rows validate."
@@ -408,7 +449,7 @@ def slice_dataloaders(slices: pd.DataFrame, # slice manifest: image, label (cach
                       fold: int, # validation fold; the others train
                       bs: int = 16, # batch size
                       size: int | None = None, # training side (default: the cached slices' side)
-                      aug: str = 'none', # training augmentations, a key of `AUG_PRESETS`
+                      aug: str | dict = 'none', # training augmentations: a key of `AUG_PRESETS` or a serialised pipeline (`check_aug`)
                       seed: int | None = 0, # seeds the augmentations and the shuffling
                       n_workers: int | None = 0, # loader processes (None: as `siim_dataloaders` chooses)
                       device: str | torch.device | None = None, # where batches go (default `get_device()`)

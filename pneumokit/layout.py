@@ -19,7 +19,7 @@ from .ddp import barrier, is_main
 
 # %% auto #0
 __all__ = ['MAP_SHAPE_COLS', 'read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir',
-           'ReportDir', 'maps_ids', 'maps_cls', 'read_maps', 'read_map_shapes', 'ExportDir']
+           'ReportDir', 'maps_ids', 'maps_cls', 'read_maps', 'read_map_shapes', 'ExportDir', 'LrFindDir']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -423,3 +423,17 @@ class ExportDir(_Owner):
     kernel = _file('pneumokit_kernel.py')
 
     def read_sidecar(self) -> dict: return read_json(self.sidecar, f"is {self.root} a folder written by `pneumokit export`?")
+
+# %% ../nbs/00b_layout.ipynb #f11a363f
+class LrFindDir(_Owner):
+    "What `pneumokit lr-find` writes: per stage, the plot `lr_find_stage<N>.png`, the curve `.csv` and the suggested rates `.json`."
+    def plot(self, stage: int) -> Path: return self.root/f'lr_find_stage{int(stage)}.png'
+    def curve(self, stage: int) -> Path: return self.root/f'lr_find_stage{int(stage)}.csv'
+    def suggestion(self, stage: int) -> Path: return self.root/f'lr_find_stage{int(stage)}.json'
+    def read_suggestion(self, stage: int) -> dict: return read_json(self.suggestion(stage), f"run `pneumokit lr-find` with --stage {stage}")
+
+    @classmethod
+    def default(cls, config: str, # the config's name
+               ) -> LrFindDir:
+        "Where a config's LR finder writes when no folder is given: `lr-find/<config>` in the current folder."
+        return cls(Path('lr-find')/config)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_models.ipynb #1e5ec801
 from __future__ import annotations
-import inspect
+import importlib, inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +28,39 @@ from .core import check_int
 from .losses import activate, check_mode
 
 # %% auto #0
-__all__ = ['ARCHS', 'TIMM_FAMILIES', 'AUX_PARAMS', 'get_arch', 'encoder_names', 'check_encoder', 'read_checkpoint',
-           'unwrap_state_dict', 'read_state_dict', 'match_keys', 'LoadReport', 'load_weights', 'read_timm_state_dict',
-           'is_timm_file', 'check_timm_fit', 'check_weights', 'model_kwargs_names', 'check_model_kwargs', 'build_model',
-           'dry_build', 'AuxHeadLoss', 'SegOnly', 'model_splitter', 'seg_learner', 'ensemble_outputs', 'mean_probs',
-           'count_params', 'param_table']
+__all__ = ['ARCHS', 'TIMM_FAMILIES', 'AUX_PARAMS', 'is_custom_arch', 'get_arch', 'encoder_names', 'check_encoder',
+           'read_checkpoint', 'unwrap_state_dict', 'read_state_dict', 'match_keys', 'LoadReport', 'load_weights',
+           'read_timm_state_dict', 'is_timm_file', 'check_timm_fit', 'check_weights', 'model_kwargs_names',
+           'check_model_kwargs', 'build_model', 'dry_build', 'AuxHeadLoss', 'SegOnly', 'model_splitter', 'seg_learner',
+           'ensemble_outputs', 'mean_probs', 'count_params', 'param_table']
 
 # %% ../nbs/09_models.ipynb #f427441c
 ARCHS: dict[str, type[nn.Module]] = {c.__name__: c for c in smp.MODEL_ARCHITECTURES_MAPPING.values()}
 
-def get_arch(name: str, # an `ARCHS` key, any case ('Unet', 'unet', 'FPN', ...)
+def is_custom_arch(name: str, # an architecture name
+                  ) -> bool:
+    "Whether `name` is your own class, `'package.module:Class'`, rather than an `ARCHS` name."
+    return isinstance(name, str) and ':' in name
+
+def get_arch(name: str, # an `ARCHS` key, any case ('Unet', 'unet', 'FPN', ...), or 'package.module:Class'
             ) -> type[nn.Module]:
-    "The smp class of architecture `name`; a `KeyError` lists the valid names."
+    "The smp class of architecture `name`, or the `nn.Module` class `'package.module:Class'` names; a `KeyError` lists the valid names."
+    if is_custom_arch(name): return _import_arch(name)
     found = {k.lower(): v for k, v in ARCHS.items()}.get(str(name).lower())
-    if found is None: raise KeyError(f"Unknown architecture {name!r}; valid: {', '.join(ARCHS)}")
+    if found is None: raise KeyError(f"Unknown architecture {name!r}; valid: {', '.join(ARCHS)}, or 'package.module:Class' for your own nn.Module")
     return found
+
+def _import_arch(name: str) -> type[nn.Module]:
+    "The class `'package.module:Class'` names: an `nn.Module` that takes `classes` (its output channels)."
+    mod, _, cls = name.partition(':')
+    try: m = importlib.import_module(mod)
+    except ImportError as e: raise KeyError(f"architecture {name!r}: cannot import {mod!r} ({e}); is its package on the Python path?") from None
+    c = getattr(m, cls, None)
+    if not (isinstance(c, type) and issubclass(c, nn.Module)): raise KeyError(f"architecture {name!r}: {mod} has no nn.Module class {cls!r}")
+    if 'classes' not in inspect.signature(c).parameters:
+        raise KeyError(f"architecture {name!r}: {cls} must take `classes` (its output channels), as smp's architectures do")
+    return c
+
 
 # %% ../nbs/09_models.ipynb #5af573a7
 def encoder_names() -> list[str]:
@@ -306,7 +324,8 @@ _SET_BY_BUILD = ('encoder_name', 'encoder_weights')  # smp arguments `build_mode
 
 def model_kwargs_names(arch: str, # an `ARCHS` name
                       ) -> list[str]:
-    "The keywords `build_model(arch, ...)` takes besides arch, encoder and weights: its own, then the smp class's."
+    "The keywords `build_model(arch, ...)` takes besides arch, encoder and weights: its own, then the smp class's (your own class: its own)."
+    if is_custom_arch(arch): return _custom_kwargs(get_arch(arch))
     own = [n for n in inspect.signature(build_model).parameters if n not in ('arch', 'encoder', 'weights', 'kwargs')]
     named = [p.name for p in inspect.signature(get_arch(arch)).parameters.values() if p.kind is not p.VAR_KEYWORD]
     return own + [n for n in named if n not in own and n not in _SET_BY_BUILD]
@@ -316,11 +335,27 @@ def check_model_kwargs(arch: str, # an `ARCHS` name
                        kwargs: dict, # the extra `build_model` keywords
                       ) -> dict:
     "`kwargs` when the smp class of `arch` uses every key, else a `ValueError` listing the valid ones."
-    if str(encoder).startswith('tu-'): return kwargs  # smp hands unknown keys to timm, which rejects what it cannot use
+    if str(encoder).startswith('tu-') and not is_custom_arch(arch): return kwargs  # smp hands unknown keys to timm, which rejects what it cannot use
     valid = model_kwargs_names(arch)
     if bad := [k for k in kwargs if k not in valid]:
         raise ValueError(f"unknown model argument {bad[0]!r} for {get_arch(arch).__name__} (encoder {encoder!r}); valid: {', '.join(valid)}")
     return kwargs
+
+def _custom_kwargs(cls: type) -> list[str]:
+    "The keywords your own class takes (`classes` and `in_channels` are `build_model`'s); any, when it takes `**kwargs`."
+    ps = inspect.signature(cls).parameters.values()
+    return ['classes', 'in_channels'] + [p.name for p in ps if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in ('classes', 'in_channels')]
+
+def _build_custom(cls: type, path: Path | None, classes: int, in_channels: int, aux, kwargs: dict) -> nn.Module:
+    "Your own class with `classes` (and `in_channels` when it takes it); weights from a local file through `load_weights`."
+    takes = inspect.signature(cls).parameters
+    if aux: raise ValueError(f"aux and aux_params build smp's image-level head; {cls.__name__} builds its own heads")
+    if in_channels != 3 and 'in_channels' not in takes: raise ValueError(f"{cls.__name__} takes no `in_channels`: it is built for 3 input channels")
+    if not any(p.kind is p.VAR_KEYWORD for p in takes.values()) and (bad := [k for k in kwargs if k not in takes]):
+        raise ValueError(f"unknown model argument {bad[0]!r} for {cls.__name__}; valid: {', '.join(_custom_kwargs(cls))}")
+    model = cls(classes=classes, **({'in_channels': in_channels} if 'in_channels' in takes else {}), **kwargs)
+    if path is not None: load_weights(model, path)
+    return model
 
 def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                 encoder: str = 'resnet34', # an `encoder_names()` entry or 'tu-<timm model>'
@@ -331,9 +366,10 @@ def build_model(arch: str = 'Unet', # an `ARCHS` name (any case)
                 aux: bool = False, # add the image-level head with `AUX_PARAMS` (updated by `aux_params`)
                 **kwargs, # passed to the smp class (decoder_channels, encoder_depth, ...)
                ) -> nn.Module:
-    "An smp segmentation model, built offline, with weights from a local file when given."
+    "An smp segmentation model (or your own class, `'package.module:Class'`), built offline, with weights from a local file when given."
     cls, path = get_arch(arch), check_weights(weights)
     check_encoder(encoder); check_int('classes', classes); check_int('in_channels', in_channels)
+    if is_custom_arch(arch): return _build_custom(cls, path, classes, in_channels, aux or aux_params, kwargs)
     if kwargs.pop('encoder_weights', None) is not None:
         raise ValueError("encoder_weights would download from the hub; pass weights='<local file>' instead")
     check_model_kwargs(arch, encoder, kwargs)
@@ -402,8 +438,9 @@ def _core_model(model: nn.Module) -> nn.Module:
 
 def model_splitter(model: nn.Module, # an smp model (possibly wrapped in DDP or `SegOnly`)
                   ) -> list[list[nn.Parameter]]:
-    "fastai parameter groups: `[encoder, decoder + head(s)]`."
-    m = _core_model(model)
+    "fastai parameter groups: `[encoder, decoder + head(s)]`; one group for a model of your own without an `.encoder`."
+    try: m = _core_model(model)
+    except ValueError: return [list(model.parameters())]  # nothing to freeze (`Recipe` refuses frozen stages for it)
     enc = list(m.encoder.parameters())
     ids = {id(p) for p in enc}
     return [enc, [p for p in m.parameters() if id(p) not in ids]]
@@ -425,7 +462,7 @@ def seg_learner(dls: DataLoaders, # fastai DataLoaders yielding (image batch, ma
     for k in ('splitter', 'train_bn'):
         if k in kwargs: raise ValueError(f"seg_learner sets {k} itself (see freeze_bn); got {k}={kwargs[k]!r}")
     model = build_model(arch, encoder, weights, **(model_kwargs or {}))
-    if loss_func is None: loss_func = AuxHeadLoss() if model.classification_head is not None else BCEWithLogitsLossFlat()
+    if loss_func is None: loss_func = AuxHeadLoss() if getattr(model, 'classification_head', None) is not None else BCEWithLogitsLossFlat()
     cbs = [*L(cbs), BnFreeze()] if freeze_bn else cbs
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, splitter=model_splitter,
                     train_bn=not freeze_bn, cbs=cbs, **kwargs)

@@ -4,30 +4,32 @@
 
 # %% ../nbs/14b_pipeline.ipynb #60a36616
 from __future__ import annotations
-import shutil, tempfile, time, warnings
+import io, shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from fastai.callback.schedule import minimum, slide, steep, valley
 from matplotlib.figure import Figure
 
 from .config import Config, config_from_dict, list_configs, load_config
-from .core import check_dest, check_int, data_dir, get_device, project_root, write_bytes_atomic
+from .core import check_dest, check_float, check_int, data_dir, get_device, project_root, seed_everything, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .export import export_ensemble
+from .models import read_state_dict
 from .folds import extend_folds, load_folds, make_folds, save_folds, validation_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_map_shapes, read_maps
+from .layout import CacheDir, ExportDir, LrFindDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_map_shapes, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
 from .runs import check_oof_folds, compare_runs
 from .submission import make_submission
 from .synthetic import make_mini_siim
-from .train import check_wandb, train_kfold
+from .train import check_wandb, stage_learner, train_kfold
 from .layout import SliceCacheDir, VolumeDir
 from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs, get_codes, is_volume_folder, predict_volumes,
                                read_slice_cache, SCANS,
@@ -35,8 +37,8 @@ from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs,
 
 # %% auto #0
 __all__ = ['DATA_KINDS', 'as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'DataKind',
-           'data_kind', 'train', 'SearchResult', 'search', 'predict', 'submit', 'export', 'runs', 'oof_arrays',
-           'oof_gallery', 'submission_score', 'demo', 'slice', 'score']
+           'data_kind', 'train', 'lr_find', 'SearchResult', 'search', 'predict', 'submit', 'export', 'runs',
+           'oof_arrays', 'oof_gallery', 'submission_score', 'demo', 'slice', 'score']
 
 # %% ../nbs/14b_pipeline.ipynb #4fc2a4a3
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -265,6 +267,72 @@ def _forget_stale_search(run: RunDir):
     "A threshold search made on other folds than the run's finished ones no longer describes it: remove it, and say so."
     if (stale := run.stale_search()) and run.forget_search() and run.main:
         print(f"{run.thresholds} was searched on folds {stale[0]}; the run now has folds {stale[1]}: removed, search again")
+
+# %% ../nbs/14b_pipeline.ipynb #fcac0e37
+_SUGGESTIONS = (valley, slide, minimum, steep)  # fastai's suggestion methods; all are saved
+
+def _lr_figure(lrs: np.ndarray, losses: np.ndarray, sugg: dict, title: str) -> Figure:
+    "The loss against the learning rate (log scale), with the suggested rates marked."
+    fig = Figure(figsize=(5, 3.2)); ax = fig.subplots()
+    ax.plot(lrs, losses); ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (smoothed)'); ax.set_title(title)
+    for i, (k, v) in enumerate(sugg.items()):
+        j = int(np.abs(np.log(lrs) - np.log(v)).argmin())
+        ax.plot(v, losses[j], 'o', color=f'C{i + 1}', label=f'{k} {v:.1e}')
+    ax.legend(fontsize=8); fig.tight_layout()
+    return fig
+
+def _png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90)
+    return buf.getvalue()
+
+def _check_lr_range(num_it: int, start_lr: float, end_lr: float):
+    check_int('num_it', num_it, 30)  # fastai's `slide` looks 15 points back, after the first tenth and the last 5 are dropped
+    check_float('start_lr', start_lr, positive=True); check_float('end_lr', end_lr, positive=True)
+    if start_lr >= end_lr: raise ValueError(f"`start_lr` ({start_lr}) must be below `end_lr` ({end_lr})")
+
+def _load_checkpoint(model, f):
+    "Weights of a checkpoint (e.g. the previous stage's `model_*.pth`) into the stage's model; one line naming the file when they do not fit."
+    try: model.load_state_dict(read_state_dict(f))
+    except RuntimeError as e: raise ValueError(f"{f}: weights do not fit the config's model ({str(e).splitlines()[0][:200]})") from None
+
+# %% ../nbs/14b_pipeline.ipynb #a03954c8
+def lr_find(cfg: str | Path | Config, # config name, file or `Config`
+            cache: str | Path | CacheDir, # its PNG cache (a volume config: its slice cache)
+            folds: str | Path, # folds CSV (from `split`)
+            stage: int = 0, # which of the config's stages (0 is the first)
+            dest: str | Path | LrFindDir | None = None, # output folder (default: `LrFindDir.default(<config name>)`)
+            fold: int | None = None, # validation fold (default: the first the config trains)
+            checkpoint: str | Path | None = None, # start from these weights (e.g. a fold's `model_*.pth` after the previous stage)
+            num_it: int = 100, # batches of the mock training (at least 30)
+            start_lr: float = 1e-7, # first learning rate
+            end_lr: float = 10., # last learning rate
+            device: str | None = None, # default: CUDA when available
+            n_workers: int | None = None, # DataLoader workers
+           ) -> dict:
+    "fastai's LR finder on one stage of a config; saves the plot, the curve and the suggested rates (`LrFindDir`) and returns the suggestions."
+    cfg, folds_file = as_config(cfg), Path(folds)
+    kind = data_kind(cfg)
+    for p, what in ((Path(cache), kind.cache), (folds_file, 'folds file')):
+        if not p.exists(): raise FileNotFoundError(f"{what} not found: {p}")
+    _check_lr_range(num_it, start_lr, end_lr); get_device(device); kind.check(cfg, cache)
+    ff = kind.folds(folds_file)
+    k, out = _train_folds(cfg, ff, folds_file, fold)[0], dest if isinstance(dest, LrFindDir) else LrFindDir(dest or LrFindDir.default(cfg.name))
+    seed_everything(cfg.recipe.seed)
+    with tempfile.TemporaryDirectory() as t:
+        learn = stage_learner(cfg.recipe, stage, cache, ff, k, t, device, n_workers)
+        if checkpoint is not None: _load_checkpoint(learn.model, checkpoint)
+        try:
+            with learn.no_bar(): found = learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=_SUGGESTIONS)
+        except IndexError:  # the loss diverged too early: too few points for fastai's suggestions
+            raise ValueError(f"the loss diverged after {len(learn.recorder.lrs)} of {num_it} batches, at lr {learn.recorder.lrs[-1]:.1e}: "
+                             "too few points to suggest a rate; lower `end_lr` or raise `num_it`") from None
+    lrs, losses = np.array(learn.recorder.lrs, float), np.array([float(l) for l in learn.recorder.losses])
+    res = dict(config=cfg.name, stage=stage, fold=k, checkpoint=None if checkpoint is None else str(checkpoint), n_batches=len(lrs),
+               plot=str(out.plot(stage)), **{n: float(v) for n, v in found._asdict().items()})
+    out.write_csv(out.curve(stage), pd.DataFrame(dict(lr=lrs, loss=losses)))
+    out.write_bytes(out.plot(stage), _png_bytes(_lr_figure(lrs, losses, found._asdict(), f'{cfg.name}: stage {stage}, fold {k}')))
+    out.write_json(out.suggestion(stage), res)
+    return res
 
 # %% ../nbs/14b_pipeline.ipynb #3133ad00
 @dataclass

@@ -18,15 +18,15 @@ from fastai.optimizer import Adam, RAdam, SGD, ranger
 from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, LambdaLR, OneCycleLR, ReduceLROnPlateau
 
 from .core import check_bool, check_choice, check_float, check_int, check_prob, get_device
-from .data import AUG_PRESETS, siim_dataloaders, slice_dataloaders
+from .data import AUG_PRESETS, check_aug, siim_dataloaders, slice_dataloaders
 from .layout import SliceCacheDir
 from .losses import LOSSES, MULTICLASS_LOSSES, activate, get_loss
 from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
-from .models import build_model, check_encoder, dry_build, get_arch, model_kwargs_names, read_state_dict
+from .models import build_model, check_encoder, dry_build, get_arch, is_custom_arch, model_kwargs_names, model_splitter, read_state_dict
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TASKS', 'RECIPE_SECTIONS', 'OneCycle', 'Cosine', 'WarmRestarts', 'Plateau', 'FlatCos',
-           'Stage', 'Task', 'get_task', 'Recipe', 'model_kwargs', 'load_checkpoints']
+           'Stage', 'Task', 'get_task', 'Recipe', 'stage_dls', 'model_kwargs', 'load_checkpoints']
 
 # %% ../nbs/09a_recipe.ipynb #7f223732
 def _lr(st) -> float | slice:
@@ -119,7 +119,7 @@ class Stage:
     loss: str = 'combo'  # a `pneumokit.losses.LOSSES` name
     loss_kwargs: dict = field(default_factory=dict)  # passed to `get_loss`
     accum: int = 1  # gradient accumulation steps (effective batch = bs * accum)
-    aug: str = 'siim-1st'  # augmentation preset (`pneumokit.data.AUG_PRESETS`)
+    aug: str | dict = 'siim-1st'  # augmentation preset (`pneumokit.data.AUG_PRESETS`), or a pipeline in albumentations' serialised form (`A.to_dict`)
     positives_only: bool = False  # train on positive images only (the 34th place's third stage)
     sched: str = 'one_cycle'  # a `SCHEDULES` name: one_cycle, cosine, warm_restarts, plateau, flat_cos
     wd: float | None = None  # weight decay (fastai default when None)
@@ -135,7 +135,7 @@ class Stage:
         for f in ('size', 'epochs', 'bs', 'accum'): check_int(f, getattr(self, f))
         _check_lr(self.lr); _check_pos_frac(self.pos_frac)
         check_bool('frozen', self.frozen); check_bool('positives_only', self.positives_only)
-        check_choice('loss', self.loss, {**LOSSES, **MULTICLASS_LOSSES}); check_choice('aug', self.aug, AUG_PRESETS)
+        check_choice('loss', self.loss, {**LOSSES, **MULTICLASS_LOSSES}); self.aug = check_aug(self.aug, self.size)
         if not isinstance(self.loss_kwargs, dict): raise ValueError(f"`loss_kwargs` must be a mapping, got {self.loss_kwargs!r}")
         if self.wd is not None: check_float('wd', self.wd, 0)
         self.schedule  # builds it: a bad name or field fails here
@@ -245,7 +245,7 @@ class Recipe:
     stages: list[Stage]  # the training phases, in order
     mode: str = 'binary'  # a `TASKS` name: 'binary' (one mask, sigmoid) or 'multiclass' (label maps, softmax)
     classes: int = 1  # output channels: 1 for a binary mask, the number of codes (background included) for label maps
-    arch: str = 'Unet'  # smp architecture
+    arch: str = 'Unet'  # smp architecture, or your own `nn.Module` as 'package.module:Class'
     encoder: str = 'resnet34'  # smp encoder
     weights: str | None = None  # local encoder weights file (never a hub download)
     model_kwargs: dict = field(default_factory=dict)  # more `build_model` arguments (e.g. decoder_channels)
@@ -326,10 +326,19 @@ def _check_model(r: Recipe):
     valid = [k for k in model_kwargs_names(r.arch) if k not in _NOT_KWARGS]
     for k in r.model_kwargs:
         if k in _NOT_KWARGS: raise ValueError(f"`model.kwargs.{k}`: {_NOT_KWARGS[k]}")
-        if k not in valid and not r.encoder.startswith('tu-'):  # a 'tu-' encoder takes timm's keys too: the build checks them
+        if k not in valid and not r.encoder.startswith('tu-') and not is_custom_arch(r.arch):  # 'tu-': timm's keys too; your own class: its signature (the build checks both)
             raise ValueError(f"unknown key `model.kwargs.{k}` for {get_arch(r.arch).__name__}; valid keys: {', '.join(valid)}")
-    try: dry_build(r.arch, r.encoder, classes=r.classes, **r.model_kwargs)
+    try: m = dry_build(r.arch, r.encoder, classes=r.classes, **r.model_kwargs)
     except ValueError as e: raise ValueError(f"`model.kwargs`: {e}") from None
+    _check_groups(r, m)
+
+def _check_groups(r: Recipe, m: torch.nn.Module):
+    "A model of your own without an `.encoder` has one parameter group: no stage can freeze it or give it (encoder, head) rates."
+    if len(model_splitter(m)) > 1: return
+    for i, s in enumerate(r.stages):
+        if s.frozen or isinstance(s.lr, (tuple, list)):
+            raise ValueError(f"stage {i}: {type(m).__name__} has no `.encoder` to freeze or to give its own learning rate: "
+                             "use frozen: false and one lr")
 
 def _check_losses(r: Recipe):
     "Each stage's loss built with its `loss_kwargs` (cheap): an unknown key or a bad value fails now, not after the run folder exists."
@@ -343,10 +352,20 @@ def _check_losses(r: Recipe):
                              f"valid keys: {', '.join(valid) or 'none'}") from None
 
 # %% ../nbs/09a_recipe.ipynb #0a1dc53d
-def _stage_dls(recipe: Recipe, st: Stage, cache, folds: pd.DataFrame, fold: int, n_workers, device, rank: int = 0):
-    "DataLoaders for one stage of the recipe's task."
+def stage_dls(recipe: Recipe, # the recipe
+              st: Stage, # one of its stages
+              cache, # its PNG cache (binary) or slice cache (label maps)
+              folds: pd.DataFrame, # the folds table (`load_folds`), or the slice manifest with folds
+              fold: int, # the validation fold
+              n_workers: int | None = None, # DataLoader workers
+              device=None, # where batches go (default: `get_device()`)
+              rank: int = 0, # DDP rank (its augmentation seed)
+             ):
+    "DataLoaders for one stage of the recipe's task: what the trainer, the out-of-fold maps and the LR finder train on."
     # each DDP rank augments its shard with its own seed; the epoch's sample is rank 0's (broadcast by `ShardedDL`)
-    return recipe.task.dls(recipe, st, cache, folds, fold, n_workers, device, recipe.seed + rank)
+    return recipe.task.dls(recipe, st, cache, folds, fold, n_workers, get_device(device), recipe.seed + rank)
+
+_stage_dls = stage_dls  # the trainer's name for it
 
 def model_kwargs(recipe: Recipe) -> dict:
     "The `build_model` keywords of the recipe's model (its `model_kwargs` and output channels)."

@@ -41,7 +41,7 @@ from .callbacks import WeightAverage, freezes_bn, score_average, stage_callbacks
 
 # %% auto #0
 __all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog',
-           'check_wandb', 'write_oof', 'train_fold', 'train_kfold']
+           'check_wandb', 'stage_learner', 'write_oof', 'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #191ea4ec
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -296,6 +296,24 @@ def _rank_averages(learn: Learner, run: RunState, stage: int, cbs: list, monitor
         for kind, model in wa.averages(learn.dls.train).items():
             figs = score_average(learn, model)
             run.candidate(model, FoldDir.average_name(stage, kind), dict(stage=stage, epoch=kind, **figs, score=figs[monitor]))
+
+# %% ../nbs/10_train.ipynb #1b4dc081
+def stage_learner(recipe: Recipe, # model and stages
+                  stage: int, # index of the stage in `recipe.stages`
+                  cache: str | Path, # its PNG cache (binary masks) or slice cache (label maps)
+                  folds: pd.DataFrame, # the folds table (`load_folds`), or a slice manifest with folds
+                  fold: int, # validation fold
+                  folder: str | Path, # where fastai may write (the LR finder's temporary weights)
+                  device: str | None = None, # default: CUDA when available, else CPU
+                  n_workers: int | None = None, # DataLoader workers
+                 ) -> Learner:
+    "The Learner of stage `stage` as the trainer sets it up: the stage's loaders, the recipe's model, the stage's frozen state and loss."
+    if not isinstance(stage, int) or not 0 <= stage < len(recipe.stages):
+        raise ValueError(f"`stage` is {stage!r}: the recipe has {len(recipe.stages)} stage(s), numbered 0 to {len(recipe.stages) - 1}")
+    st, device = recipe.stages[stage], get_device(device)
+    learn = _learner(recipe, _stage_dls(recipe, st, cache, folds, fold, n_workers, device), st, device, Path(folder))
+    _prepare_stage(recipe, learn, st)
+    return learn
 
 # %% ../nbs/10_train.ipynb #6dc285e7
 def _start_fold(run: RunDir, recipe: Recipe, fold: int, resume: bool) -> FoldDir:

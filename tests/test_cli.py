@@ -7,7 +7,7 @@ import pytest
 from conftest import cli_fails, run_cli
 
 COMMANDS = ['synth', 'prepare', 'slice', 'audit', 'eda', 'split', 'train', 'search', 'predict', 'score', 'submit', 'export',
-            'runs', 'configs', 'demo']
+            'runs', 'configs', 'demo', 'lr-find']
 
 
 def test_usage_lists_commands():
