@@ -8,15 +8,18 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
+from .core import check_int
 from .folds import TRAIN_ONLY, load_folds
 from .layout import RunDir
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table']
+__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'Ensemble']
 
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
@@ -127,3 +130,97 @@ def fit_table(df: pd.DataFrame, # `compare_runs`'s table
         if max(map(len, text.splitlines())) <= width: break
     note = f"(+{len(gone)} column(s) in the CSV: {', '.join(gone)})" if gone else ''
     return text + ('\n' + textwrap.fill(note, width) if note else '')
+
+# %% ../nbs/13d_runs.ipynb #d37c72f3
+def _fold_of(ids: pd.DataFrame) -> pd.Series: return ids.assign(ImageId=ids.ImageId.astype(str)).set_index('ImageId').fold
+
+def check_same_folds(runs: Sequence[RunDir], # the members, the first one the reference
+                     idss: Sequence[pd.DataFrame], # their out-of-fold ids (ImageId, fold), from `RunDir.load_oof`
+                    ) -> None:
+    "Every member validated every image in the same fold as the first; else one line naming an image and its two folds."
+    ref = _fold_of(idss[0])
+    for run, ids in zip(runs[1:], idss[1:]):
+        both = pd.concat([ref.rename('a'), _fold_of(ids).rename('b')], axis=1)
+        if not (bad := both[~(both.a == both.b)]).empty:
+            i, (a, b) = bad.index[0], bad.iloc[0]
+            fa, fb = (f'fold {int(v)} of' if pd.notna(v) else 'no fold of' for v in (a, b))
+            raise ValueError(f"image {i} is in {fa} {runs[0].root} but in {fb} {run.root} ({len(bad)} such image(s)): an ensemble's "
+                             "runs must share one image → fold assignment (train them on one folds file, every fold finished)")
+
+# %% ../nbs/13d_runs.ipynb #01bbc2d2
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    "The weights as float64 summing to 1 (equal by default); a wrong count or value is one line naming them."
+    if weights is None: return np.full(n, 1 / n)
+    w = np.asarray(list(weights), dtype=float) if all(isinstance(v, (int, float)) for v in weights) else None
+    if w is None or len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() == 0:
+        raise ValueError(f"weights={list(weights)}: expected {n} number(s) >= 0, one per run, not all 0")
+    return w / w.sum()
+
+def _at(m: np.ndarray, size: int) -> np.ndarray:
+    "One map as float32 probabilities in [0, 1] at size×size (`cv2.INTER_LINEAR`, as `predict` resizes)."
+    p = np.asarray(m, np.float32) / (255 if m.dtype == np.uint8 else 1)
+    return p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR)
+
+# %% ../nbs/13d_runs.ipynb #904626c3
+class Ensemble:
+    "Runs blended with weights: every member's out-of-fold maps brought to one side and averaged; the members must share their folds."
+    def __init__(self, runs: Sequence[str | Path | RunDir], # run folders written by `train`
+                 weights: Sequence[float] | None = None, # one per run, >= 0 (default: equal); normalised to sum 1
+                 size: int | None = None): # the side the maps are brought to (default: the largest member's)
+        self.runs = [RunDir(r) for r in runs]
+        if not self.runs: raise ValueError("an ensemble needs at least one run folder")
+        if dup := next((r for i, r in enumerate(self.runs) if r in self.runs[:i]), None):
+            raise ValueError(f"{dup.root} is named twice: give each run once (and a larger weight)")
+        for r in self.runs: r.read_config()  # each a run folder, else one line naming it
+        self.weights, self.size = _weights(weights, len(self.runs)), None if size is None else check_int('size', size, 32)
+    def __repr__(self) -> str: return f"Ensemble({', '.join(f'{r.root.name}×{w:.3g}' for r, w in zip(self.runs, self.weights))})"
+    def to_dict(self) -> dict:
+        "The ensemble as plain data: the runs' absolute paths, the weights, the side."
+        return dict(runs=[str(r.root.resolve()) for r in self.runs], weights=[float(w) for w in self.weights], size=self.size)
+
+# %% ../nbs/13d_runs.ipynb #14a98042
+@patch
+def member_oof(self: Ensemble) -> list[tuple[pd.DataFrame, list[np.ndarray]]]:
+    "Each member's out-of-fold ids and maps (`RunDir.load_oof`), checked against its own folds file and the first member's folds."
+    loaded = [r.load_oof() for r in self.runs]
+    for r, (ids, _) in zip(self.runs, loaded): check_oof_folds(r, ids)
+    check_same_folds(self.runs, [ids for ids, _ in loaded])
+    return loaded
+
+def _fold_maps(ids: pd.DataFrame, maps: list[np.ndarray], k: int, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    "Fold `k`'s maps of one member and the rows of `order` (ImageIds) in them."
+    mine = ids.ImageId[ids.fold == k].astype(str).tolist()
+    return maps[list(pd.unique(ids.fold)).index(k)], np.array([mine.index(i) for i in order]) if mine != order else np.arange(len(mine))
+
+@patch
+def load_oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    "Out-of-fold ids (ImageId, has_mask, fold; the first member's order) and, per fold, the weighted mean of the members' maps at the common side (float32)."
+    loaded = self.member_oof()
+    size, ids = self.size or max(int(m[0].shape[-1]) for _, m in loaded), loaded[0][0].drop(columns='dice', errors='ignore')
+    out = []
+    for k in pd.unique(ids.fold):
+        order = ids.ImageId[ids.fold == k].astype(str).tolist()
+        acc = np.zeros((len(order), size, size), np.float32)
+        for w, (mids, maps) in zip(self.weights, loaded):
+            if w == 0: continue
+            arr, rows = _fold_maps(mids, maps, k, order)
+            for j, r in enumerate(rows): acc[j] += np.float32(w) * _at(arr[r], size)
+        out.append(np.clip(acc, 0, 1, out=acc))
+    return ids, out
+
+# %% ../nbs/13d_runs.ipynb #58a4fddf
+@patch
+def oof_truths(self: Ensemble, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
+               size: int, # the maps' side
+              ) -> list[np.ndarray]:
+    "The true masks at `size` (`RunDir.oof_truths`), from the first member whose cache holds that size."
+    for r in self.runs:
+        if int(size) in r.cache().sizes(): return r.oof_truths(ids, size)
+    raise FileNotFoundError(f"no member's cache holds {size}-px masks ({', '.join(str(r.cache().root) for r in self.runs)}): "
+                            "cache that size, or give the ensemble a size a member trained at")
+
+@patch
+def oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray]]:
+    "Out-of-fold ids, each fold's blended maps and each fold's true masks, in one order: what a threshold search takes."
+    ids, maps = self.load_oof()
+    return ids, maps, self.oof_truths(ids, int(maps[0].shape[-1]))
