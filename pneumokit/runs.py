@@ -15,11 +15,12 @@ from fastcore.basics import patch
 
 from .core import check_int
 from .folds import TRAIN_ONLY, load_folds
-from .layout import RunDir
+from .layout import EnsembleDir, RunDir
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'Ensemble']
+__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'map_at',
+           'Ensemble']
 
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
@@ -156,7 +157,9 @@ def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
         raise ValueError(f"weights={list(weights)}: expected {n} number(s) >= 0, one per run, not all 0")
     return w / w.sum()
 
-def _at(m: np.ndarray, size: int) -> np.ndarray:
+def map_at(m: np.ndarray, # one map H×W: uint8 0-255 or float in [0, 1]
+           size: int, # the side to bring it to
+          ) -> np.ndarray:
     "One map as float32 probabilities in [0, 1] at size×size (`cv2.INTER_LINEAR`, as `predict` resizes)."
     p = np.asarray(m, np.float32) / (255 if m.dtype == np.uint8 else 1)
     return p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -204,7 +207,7 @@ def load_oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray]]:
         for w, (mids, maps) in zip(self.weights, loaded):
             if w == 0: continue
             arr, rows = _fold_maps(mids, maps, k, order)
-            for j, r in enumerate(rows): acc[j] += np.float32(w) * _at(arr[r], size)
+            for j, r in enumerate(rows): acc[j] += np.float32(w) * map_at(arr[r], size)
         out.append(np.clip(acc, 0, 1, out=acc))
     return ids, out
 
@@ -224,3 +227,19 @@ def oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray
     "Out-of-fold ids, each fold's blended maps and each fold's true masks, in one order: what a threshold search takes."
     ids, maps = self.load_oof()
     return ids, maps, self.oof_truths(ids, int(maps[0].shape[-1]))
+
+# %% ../nbs/13d_runs.ipynb #cb0bccbe
+@patch
+def save(self: Ensemble, dest: str | Path | EnsembleDir, # the ensemble folder
+        ) -> EnsembleDir:
+    "Write the members, weights and side (`EnsembleDir.spec`); the folder returned."
+    out = EnsembleDir(dest)
+    out.write_json(out.spec, self.to_dict())
+    return out
+
+@patch(cls_method=True)
+def read(cls: Ensemble, src: str | Path | EnsembleDir, # an ensemble folder written by `save`
+        ) -> Ensemble:
+    "The ensemble an ensemble folder describes."
+    d = EnsembleDir(src).read_spec()
+    return cls(d['runs'], d['weights'], d.get('size'))
