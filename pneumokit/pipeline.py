@@ -20,6 +20,7 @@ from .eda import audit as audit_labels, save_eda_figures
 from .export import export_ensemble
 from .folds import extend_folds, load_folds, make_folds, save_folds, validation_folds
 from .inference import load_fold_models, predict_dicoms
+from .metrics import dice_per_image
 from .layout import CacheDir, EnsembleDir, ExportDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
@@ -368,8 +369,10 @@ def search_ensemble(runs: Sequence[str | Path | RunDir], # run folders (from `tr
         raise ValueError(f"the {rule.name} rule reads one run's image-level head: search an ensemble with a rule on the maps alone")
     ids, maps, truths = ens.oof()
     res = rule.search(maps, truths, cfg.thresholds.grid())
+    per = dice_per_image(rule.best(res).apply(np.concatenate(maps)), np.concatenate(truths))
     best = dict(rule.best(res).to_dict(), size=int(maps[0].shape[-1]), dice=float(res.dice.iloc[0]),
-                all_empty=float(1 - ids.has_mask.mean()), n_images=len(ids), folds=[int(k) for k in pd.unique(ids.fold)])
+                all_empty=float(1 - ids.has_mask.mean()), n_images=len(ids), folds=[int(k) for k in pd.unique(ids.fold)],
+                fold_dice={str(k): float(v) for k, v in pd.Series(per).groupby(ids.fold.values).mean().items()})  # `pneumokit runs` shows them
     fig = rule.plot(res)
     ens.save(out); out.write_csv(out.thresholds_table, res); out.write_json(out.thresholds, best)
     if out.main: fig.savefig(out.search_plot, dpi=90)

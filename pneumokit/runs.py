@@ -20,7 +20,7 @@ from .postprocess import rule_from_dict
 
 # %% auto #0
 __all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'map_at',
-           'Ensemble']
+           'Ensemble', 'ensemble_row']
 
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
@@ -81,23 +81,27 @@ def run_row(run: str | Path | RunDir, # a run folder written by `train` (finishe
 _FIRST = ['kind', 'run', 'members', 'config', 'arch', 'encoder', 'sizes', 'folds', 'oof_dice']
 _LAST = ['rule', 'rule_dice', 'epochs', 'wall_s']
 
-def run_dirs(dirs: Sequence[str | Path], # run folders, or folders whose sub-folders are runs
-            ) -> list[RunDir]:
-    "The run folders `dirs` name, in order (a folder of runs: its runs by name), each once."
+def _owner(d: Path) -> RunDir | EnsembleDir | None:
+    "The run or ensemble folder `d` is, else None."
+    return RunDir(d) if RunDir(d).config.is_file() else EnsembleDir(d) if EnsembleDir.holds(d) else None
+
+def run_dirs(dirs: Sequence[str | Path], # run or ensemble folders, or folders whose sub-folders are
+            ) -> list[RunDir | EnsembleDir]:
+    "The run (and ensemble) folders `dirs` name, in order (a folder of runs: its runs by name), each once."
     if not dirs: raise ValueError("give at least one run folder (or a folder holding runs)")
     out = []
     for d in map(Path, dirs):
-        if RunDir(d).config.is_file(): out.append(RunDir(d)); continue
+        if own := _owner(d): out.append(own); continue
         if not d.is_dir(): raise FileNotFoundError(f"run folder not found: {d}")
-        if not (subs := [RunDir(p) for p in sorted(d.iterdir()) if RunDir(p).config.is_file()]):
+        if not (subs := [o for p in sorted(d.iterdir()) if (o := _owner(p))]):
             raise ValueError(f"{d} is not a run folder (no config written by `train`) and holds none")
         out += subs
     return list(dict.fromkeys(out))
 
-def compare_runs(dirs: Sequence[str | Path], # run folders, or folders whose sub-folders are runs
+def compare_runs(dirs: Sequence[str | Path], # run or ensemble folders, or folders whose sub-folders are
                 ) -> pd.DataFrame:
-    "One row per run (`run_row`), per-fold Dice columns in numeric order."
-    df = pd.DataFrame([run_row(r) for r in run_dirs(dirs)])
+    "One row per run (`run_row`) or ensemble (`ensemble_row`), per-fold Dice columns in numeric order."
+    df = pd.DataFrame([ensemble_row(r) if isinstance(r, EnsembleDir) else run_row(r) for r in run_dirs(dirs)])
     per = sorted((c for c in df.columns if c.startswith('dice_f')), key=lambda c: int(c[len('dice_f'):]))
     return df[[*_FIRST, *per, *_LAST]]
 
@@ -243,3 +247,21 @@ def read(cls: Ensemble, src: str | Path | EnsembleDir, # an ensemble folder writ
     "The ensemble an ensemble folder describes."
     d = EnsembleDir(src).read_spec()
     return cls(d['runs'], d['weights'], d.get('size'))
+
+# %% ../nbs/13d_runs.ipynb #6b04589d
+def _joined(runs: Sequence[RunDir], key: str) -> str:
+    "The members' model `key` (arch, encoder), each once, in order."
+    return '+'.join(dict.fromkeys(str((r.read_config().get('model') or {}).get(key, '')) for r in runs))
+
+def ensemble_row(ens: str | Path | EnsembleDir, # an ensemble folder (`pneumokit search RUN RUN... --dest`)
+                ) -> dict:
+    "An ensemble as a row of `compare_runs`: members and weights, their models, the blend's side, the searched rule's Dice per fold and overall."
+    out = EnsembleDir(ens)
+    e, b = Ensemble.read(out), out.read_thresholds() if out.thresholds.is_file() else {}
+    members = ', '.join(f'{r.root.name}×{w:.3g}' for r, w in zip(e.runs, e.weights))
+    rows = [run_row(r) for r in e.runs]
+    return dict(kind='ensemble', run=str(out.root), members=members, config='', arch=_joined(e.runs, 'arch'),
+                encoder=_joined(e.runs, 'encoder'), sizes=str(b.get('size', e.size or '')), folds=rows[0]['folds'],
+                oof_dice=float(b.get('dice', np.nan)), **{f'dice_f{k}': float(v) for k, v in (b.get('fold_dice') or {}).items()},
+                rule=rule_from_dict(b, out.thresholds).describe() if b else '', rule_dice=float(b.get('dice', np.nan)),
+                epochs=sum(r['epochs'] for r in rows), wall_s=float(sum(r['wall_s'] for r in rows)))

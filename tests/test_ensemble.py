@@ -46,6 +46,12 @@ def test_search_predict_submit_ensemble(two_runs, tmp_path):
     assert np.abs(got - want).max() < 1e-6
     sub = cli_run('submit', probs, tmp_path/'sub.csv', '--thresholds', ens.root, '--sample', t.g.mini/'sample_submission.csv')
     assert sorted(pd.read_csv(sub).ImageId) == sorted(pd.read_csv(t.g.mini/'sample_submission.csv').ImageId)
+    df = cli_run('runs', t.a, t.b, ens.root)  # the ensemble is a row beside its members
+    assert df.kind.tolist() == ['run', 'run', 'ensemble'] and df.members.iloc[-1] == 'run×0.25, run64×0.75'
+    e = df.iloc[-1]
+    assert e.oof_dice == best['dice'] and e.sizes == '64'
+    n = ids.groupby('fold').size()  # each fold's Dice under the searched rule, weighted by its images, is the overall Dice
+    assert (e.dice_f0 * n[0] + e.dice_f1 * n[1]) / n.sum() == pytest.approx(best['dice'], abs=1e-9)
 
 
 def test_ensemble_refuses_other_folds(two_runs, tmp_path):
