@@ -214,15 +214,29 @@ def train(config: str, # a shipped config name (`pneumokit configs`) or a YAML f
     return summary
 
 # %% ../nbs/15_cli.ipynb #7bb2e80d
+def _floats(s: str, what: str) -> list[float]:
+    "Parse '0.4,0.6' into [0.4, 0.6]."
+    try: return [float(v) for v in str(s).replace(' ', '').split(',')]
+    except ValueError: raise CliError(f"{what} must be comma-separated numbers like '0.4,0.6', got {s!r}") from None
+
 @call_parse
-def search(run: str, # run folder (`pneumokit train`)
-           config: str = None, # search this config's rule and grid instead of the run's own
+def search(*runs: str, # run folder(s) (`pneumokit train`); several: their blend, written to --dest
+           config: str = None, # search this config's rule and grid instead of the (first) run's own
+           weights: str = None, # several runs: comma-separated weights, one per run (default: equal)
+           dest: str = None, # several runs: the ensemble folder to write (then `predict`/`submit` take it)
+           size: int = None, # several runs: the side their maps are brought to (default: the largest member's)
           ) -> dict:
-    "Score the threshold rule over its grid on the out-of-fold maps; save the table, the best rule and its plot."
-    run = _existing(run, 'run folder')
+    "Score the threshold rule over its grid on the out-of-fold maps (of one run, or of several runs' weighted blend); save the table, the best rule and its plot."
+    if not runs: raise CliError("give a run folder (or several, with --dest)")
+    paths = [_existing(r, 'run folder') for r in runs]
+    if len(runs) > 1 and dest is None: raise CliError("an ensemble of runs needs --dest, the ensemble folder to write")
+    w = _floats(weights, '--weights') if weights else None
     from pneumokit import pipeline
     from pneumokit.postprocess import rule_from_dict
-    res = pipeline.search(run, _config(config) if config else None)
+    cfg = _config(config) if config else None
+    if len(runs) == 1 and dest is None and weights is None and size is None: res = pipeline.search(paths[0], cfg)
+    elif dest is None: raise CliError("an ensemble of runs needs --dest, the ensemble folder to write")
+    else: res = pipeline.search_ensemble(paths, dest, w, size, cfg)
     b = res.best
     print(f"best rule {rule_from_dict(b).describe()} -> out-of-fold Kaggle Dice {b['dice']:.4f} (all-empty {b['all_empty']:.4f}, "
           f"{b['n_images']} images); {len(res.results)} grid points")
@@ -230,7 +244,7 @@ def search(run: str, # run folder (`pneumokit train`)
 
 # %% ../nbs/15_cli.ipynb #6e4a8c2b
 @call_parse
-def predict(run: str, # run folder (`pneumokit train`)
+def predict(run: str, # run folder (`pneumokit train`), or an ensemble folder (`pneumokit search RUN RUN... --dest`)
             dicoms: str, # folder of test DICOMs, or a PNG/JPG set (its test images); a volume run: NIfTI scans (label files are not needed)
             dest: str = None, # .npy for the uint8 maps (default: the run's test maps file; ids beside it); a volume run: a folder
             folds: str = None, # comma-separated folds to ensemble (default: every finished fold)
@@ -274,7 +288,7 @@ def _cli_rule(thresholds: str | None, top: float | None, area: int | None, botto
 @call_parse
 def submit(probs: str, # .npy maps from `pneumokit predict`
            dest: str = 'submission.csv', # submission CSV to write
-           thresholds: str = None, # a run folder with a threshold search (`pneumokit search`), or a rule JSON file
+           thresholds: str = None, # a run or ensemble folder with a threshold search (`pneumokit search`), or a rule JSON file
            top: float = None, # or give a triplet: gate threshold (0-1)
            area: int = None, # triplet: minimum pixels above `top`, counted at the maps' size
            bottom: float = None, # triplet: mask threshold (0-1)

@@ -19,7 +19,7 @@ from .ddp import barrier, is_main
 
 # %% auto #0
 __all__ = ['MAP_SHAPE_COLS', 'read_json', 'SiimDir', 'PngSiimDir', 'CacheDir', 'SliceCacheDir', 'VolumeDir', 'FoldDir', 'RunDir',
-           'ReportDir', 'maps_ids', 'maps_cls', 'read_maps', 'read_map_shapes', 'ExportDir', 'LrFindDir']
+           'ReportDir', 'maps_ids', 'maps_cls', 'read_maps', 'read_map_shapes', 'ExportDir', 'LrFindDir', 'EnsembleDir']
 
 # %% ../nbs/00b_layout.ipynb #1a0b0006
 class _Owner:
@@ -437,3 +437,14 @@ class LrFindDir(_Owner):
                ) -> LrFindDir:
         "Where a config's LR finder writes when no folder is given: `lr-find/<config>` in the current folder."
         return cls(Path('lr-find')/config)
+
+# %% ../nbs/00b_layout.ipynb #fe8f3026
+class EnsembleDir(_Owner):
+    "An ensemble of runs: `ensemble.json` (members, weights, side), and the search and prediction files named as in a `RunDir`."
+    spec = _file('ensemble.json')
+    thresholds, thresholds_table, search_plot, test_probs = RunDir.thresholds, RunDir.thresholds_table, RunDir.search_plot, RunDir.test_probs
+    read_thresholds = RunDir.read_thresholds
+    def member_probs(self, i: int) -> Path: return RunDir(self.root/'members'/str(int(i))).test_probs  # member i's own test maps
+    def read_spec(self) -> dict: return read_json(self.spec, f"is {self.root} an ensemble folder written by `pneumokit search RUN RUN...`?")
+    @classmethod
+    def holds(cls, path: str | Path) -> bool: return cls(path).spec.is_file()

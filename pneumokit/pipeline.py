@@ -15,18 +15,19 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 from matplotlib.figure import Figure
 
 from .config import Config, config_from_dict, list_configs, load_config
-from .core import check_dest, check_float, check_int, data_dir, get_device, project_root, seed_everything, write_bytes_atomic
+from .core import atomic_write, check_dest, check_float, check_int, data_dir, get_device, project_root, seed_everything, write_bytes_atomic
 from .dicom import build_cache, dicom_metadata
 from .eda import audit as audit_labels, save_eda_figures
 from .export import export_ensemble
 from .models import read_state_dict
 from .folds import extend_folds, load_folds, make_folds, save_folds, validation_folds
 from .inference import load_fold_models, predict_dicoms
-from .layout import CacheDir, ExportDir, LrFindDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_map_shapes, read_maps
+from .metrics import dice_per_image
+from .layout import CacheDir, EnsembleDir, ExportDir, LrFindDir, ReportDir, RunDir, SiimDir, maps_cls, maps_ids, read_json, read_map_shapes, read_maps
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
-from .runs import check_oof_folds, compare_runs
+from .runs import Ensemble, check_oof_folds, compare_runs, map_at
 from .submission import make_submission
 from .synthetic import make_mini_siim
 from .train import check_wandb, stage_learner, train_kfold
@@ -37,8 +38,9 @@ from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs,
 
 # %% auto #0
 __all__ = ['DATA_KINDS', 'as_config', 'run_config', 'configs', 'synth', 'prepare', 'audit', 'eda', 'split', 'DataKind',
-           'data_kind', 'train', 'lr_find', 'SearchResult', 'search', 'predict', 'submit', 'export', 'runs',
-           'oof_arrays', 'oof_gallery', 'submission_score', 'demo', 'slice', 'score']
+           'data_kind', 'train', 'lr_find', 'SearchResult', 'search', 'predict', 'submit', 'search_ensemble',
+           'predict_ensemble', 'export', 'runs', 'oof_arrays', 'oof_gallery', 'submission_score', 'demo', 'slice',
+           'score']
 
 # %% ../nbs/14b_pipeline.ipynb #4fc2a4a3
 def as_config(cfg: str | Path | Config, # a shipped config name, a YAML file, or a `Config`
@@ -371,7 +373,10 @@ def predict(run: str | Path | RunDir, # run folder (from `train`)
             folds: Sequence[int] | None = None, # folds to ensemble (default: every finished fold)
             device: str | None = None, # default: CUDA when available
            ) -> tuple[pd.DataFrame, Path]:
-    "Fold × top-k checkpoint ensemble with the config's TTA on every DICOM; maps streamed to a uint8 `.npy`."
+    "Fold × top-k checkpoint ensemble with the config's TTA on every DICOM; maps streamed to a uint8 `.npy` (an ensemble folder: `predict_ensemble`)."
+    if EnsembleDir.holds(run):
+        if cfg is not None or folds is not None: raise ValueError(f"{run} is an ensemble: each run predicts with its own config and folds")
+        return predict_ensemble(run, dicoms, dest, device)
     run = RunDir(run)
     own = run_config(run)  # the run's config, read once: its recipe rebuilds the models
     cfg = as_config(cfg) if cfg is not None else own
@@ -385,6 +390,9 @@ def _rule_at(thresholds: str | Path | dict | ThresholdRule, # a rule, a saved ru
     if isinstance(thresholds, ThresholdRule): return thresholds, None
     if isinstance(thresholds, dict): return rule_from_dict(thresholds), thresholds.get('size')
     p = Path(thresholds)
+    if EnsembleDir.holds(p):  # an ensemble's search: never stale, its members' folds are checked when it is built
+        t = EnsembleDir(p).read_thresholds()
+        return rule_from_dict(t, EnsembleDir(p).thresholds), t.get('size')
     if not p.is_dir():
         if not p.is_file(): raise FileNotFoundError(f"{p} not found: give a run folder, its thresholds file or a rule")
         t = read_json(p, 'give a run folder, a saved rule file or a rule')
@@ -424,6 +432,63 @@ def _cls_probs(probs: Path) -> np.ndarray:
     if not f.is_file(): raise FileNotFoundError(f"{f} not found: a classifier rule needs the models' image-level probabilities, "
                                                 "which `predict` writes for models with that head (`model.kwargs.aux: true`)")
     return np.load(f)
+
+# %% ../nbs/14b_pipeline.ipynb #d711f441
+def search_ensemble(runs: Sequence[str | Path | RunDir], # run folders (from `train`) on one folds file
+                    dest: str | Path, # the ensemble folder to write (`EnsembleDir`)
+                    weights: Sequence[float] | None = None, # one per run (default: equal); normalised to sum 1
+                    size: int | None = None, # the common side of the maps (default: the largest member's)
+                    cfg: str | Path | Config | None = None, # the rule and grid (default: the first run's config)
+                   ) -> SearchResult:
+    "Blend the runs' out-of-fold maps, score the config's threshold rule over its grid on the blend; write the ensemble folder."
+    ens, out = Ensemble(runs, weights, size), EnsembleDir(check_dest(dest, 'ensemble folder', folder=True))
+    cfg = as_config(cfg) if cfg is not None else run_config(ens.runs[0])
+    if bad := next((r for r in ens.runs if not run_config(r).recipe.task.thresholds), None):
+        raise ValueError(f"{bad.root} predicts label maps: an ensemble blends probability maps only")
+    if (rule := cfg.thresholds.rule_type).needs_cls:
+        raise ValueError(f"the {rule.name} rule reads one run's image-level head: search an ensemble with a rule on the maps alone")
+    ids, maps, truths = ens.oof()
+    res = rule.search(maps, truths, cfg.thresholds.grid())
+    per = dice_per_image(rule.best(res).apply(np.concatenate(maps)), np.concatenate(truths))
+    best = dict(rule.best(res).to_dict(), size=int(maps[0].shape[-1]), dice=float(res.dice.iloc[0]),
+                all_empty=float(1 - ids.has_mask.mean()), n_images=len(ids), folds=[int(k) for k in pd.unique(ids.fold)],
+                fold_dice={str(k): float(v) for k, v in pd.Series(per).groupby(ids.fold.values).mean().items()})  # `pneumokit runs` shows them
+    fig = rule.plot(res)
+    ens.save(out); out.write_csv(out.thresholds_table, res); out.write_json(out.thresholds, best)
+    if out.main: fig.savefig(out.search_plot, dpi=90)
+    return SearchResult(res, best, fig)
+
+# %% ../nbs/14b_pipeline.ipynb #a8f6fbec
+def _blend_into(dest: Path, parts: list[tuple[float, np.ndarray]], size: int, chunk: int = 64) -> None:
+    "Write the weighted mean of the maps `parts` at `size` as a float32 `.npy`, atomically, `chunk` maps at a time."
+    n = len(parts[0][1])
+    with atomic_write(dest) as f:
+        np.lib.format.write_array_header_1_0(f, dict(descr=np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     fortran_order=False, shape=(n, size, size)))
+        for a in range(0, n, chunk):
+            acc = np.zeros((min(chunk, n - a), size, size), np.float32)
+            for w, m in parts:
+                for j in range(len(acc)): acc[j] += np.float32(w) * map_at(m[a + j], size)
+            f.write(np.clip(acc, 0, 1, out=acc).tobytes())
+
+def predict_ensemble(ens: str | Path | EnsembleDir, # an ensemble folder (from `search_ensemble`)
+                     dicoms: str | Path, # folder of test DICOMs or a PNG/JPG set
+                     dest: str | Path | None = None, # `.npy` for the blended maps (default: the ensemble's test maps file)
+                     device: str | None = None, # default: CUDA when available
+                    ) -> tuple[pd.DataFrame, Path]:
+    "Each member predicts with its own config (size, TTA, folds) into the ensemble folder; their maps at one side, weighted, in a float32 `.npy`."
+    out = EnsembleDir(ens); e = Ensemble.read(out)
+    dest = check_dest(dest or out.test_probs, 'maps')
+    size = e.size or (int(out.read_thresholds()['size']) if out.thresholds.is_file() else max(run_config(r).predict_size for r in e.runs))
+    parts, names = [], None
+    for i, (r, w) in enumerate(zip(e.runs, e.weights)):
+        ids, p = predict(r, dicoms, out.member_probs(i), device=device)
+        maps, got = read_maps(p)
+        if names is not None and got != names: raise ValueError(f"{p} lists other images than {out.member_probs(0)}: predict again")
+        names = got; parts.append((w, maps))
+    _blend_into(dest, parts, size)
+    write_bytes_atomic(maps_ids(dest), pd.DataFrame(dict(ImageId=names)).to_csv(index=False).encode())
+    return ids, dest
 
 # %% ../nbs/14b_pipeline.ipynb #847cd8eb
 def export(run: str | Path | RunDir, # run folder (from `train`, best after `search`)

@@ -8,15 +8,19 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
+from .core import check_int
 from .folds import TRAIN_ONLY, load_folds
-from .layout import RunDir
+from .layout import EnsembleDir, RunDir
 from .postprocess import rule_from_dict
 
 # %% auto #0
-__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table']
+__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'map_at',
+           'Ensemble', 'ensemble_row']
 
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
@@ -77,23 +81,27 @@ def run_row(run: str | Path | RunDir, # a run folder written by `train` (finishe
 _FIRST = ['kind', 'run', 'members', 'config', 'arch', 'encoder', 'sizes', 'folds', 'oof_dice']
 _LAST = ['rule', 'rule_dice', 'epochs', 'wall_s']
 
-def run_dirs(dirs: Sequence[str | Path], # run folders, or folders whose sub-folders are runs
-            ) -> list[RunDir]:
-    "The run folders `dirs` name, in order (a folder of runs: its runs by name), each once."
+def _owner(d: Path) -> RunDir | EnsembleDir | None:
+    "The run or ensemble folder `d` is, else None."
+    return RunDir(d) if RunDir(d).config.is_file() else EnsembleDir(d) if EnsembleDir.holds(d) else None
+
+def run_dirs(dirs: Sequence[str | Path], # run or ensemble folders, or folders whose sub-folders are
+            ) -> list[RunDir | EnsembleDir]:
+    "The run (and ensemble) folders `dirs` name, in order (a folder of runs: its runs by name), each once."
     if not dirs: raise ValueError("give at least one run folder (or a folder holding runs)")
     out = []
     for d in map(Path, dirs):
-        if RunDir(d).config.is_file(): out.append(RunDir(d)); continue
+        if own := _owner(d): out.append(own); continue
         if not d.is_dir(): raise FileNotFoundError(f"run folder not found: {d}")
-        if not (subs := [RunDir(p) for p in sorted(d.iterdir()) if RunDir(p).config.is_file()]):
+        if not (subs := [o for p in sorted(d.iterdir()) if (o := _owner(p))]):
             raise ValueError(f"{d} is not a run folder (no config written by `train`) and holds none")
         out += subs
     return list(dict.fromkeys(out))
 
-def compare_runs(dirs: Sequence[str | Path], # run folders, or folders whose sub-folders are runs
+def compare_runs(dirs: Sequence[str | Path], # run or ensemble folders, or folders whose sub-folders are
                 ) -> pd.DataFrame:
-    "One row per run (`run_row`), per-fold Dice columns in numeric order."
-    df = pd.DataFrame([run_row(r) for r in run_dirs(dirs)])
+    "One row per run (`run_row`) or ensemble (`ensemble_row`), per-fold Dice columns in numeric order."
+    df = pd.DataFrame([ensemble_row(r) if isinstance(r, EnsembleDir) else run_row(r) for r in run_dirs(dirs)])
     per = sorted((c for c in df.columns if c.startswith('dice_f')), key=lambda c: int(c[len('dice_f'):]))
     return df[[*_FIRST, *per, *_LAST]]
 
@@ -127,3 +135,133 @@ def fit_table(df: pd.DataFrame, # `compare_runs`'s table
         if max(map(len, text.splitlines())) <= width: break
     note = f"(+{len(gone)} column(s) in the CSV: {', '.join(gone)})" if gone else ''
     return text + ('\n' + textwrap.fill(note, width) if note else '')
+
+# %% ../nbs/13d_runs.ipynb #d37c72f3
+def _fold_of(ids: pd.DataFrame) -> pd.Series: return ids.assign(ImageId=ids.ImageId.astype(str)).set_index('ImageId').fold
+
+def check_same_folds(runs: Sequence[RunDir], # the members, the first one the reference
+                     idss: Sequence[pd.DataFrame], # their out-of-fold ids (ImageId, fold), from `RunDir.load_oof`
+                    ) -> None:
+    "Every member validated every image in the same fold as the first; else one line naming an image and its two folds."
+    ref = _fold_of(idss[0])
+    for run, ids in zip(runs[1:], idss[1:]):
+        both = pd.concat([ref.rename('a'), _fold_of(ids).rename('b')], axis=1)
+        if not (bad := both[~(both.a == both.b)]).empty:
+            i, (a, b) = bad.index[0], bad.iloc[0]
+            fa, fb = (f'fold {int(v)} of' if pd.notna(v) else 'no fold of' for v in (a, b))
+            raise ValueError(f"image {i} is in {fa} {runs[0].root} but in {fb} {run.root} ({len(bad)} such image(s)): an ensemble's "
+                             "runs must share one image → fold assignment (train them on one folds file, every fold finished)")
+
+# %% ../nbs/13d_runs.ipynb #01bbc2d2
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    "The weights as float64 summing to 1 (equal by default); a wrong count or value is one line naming them."
+    if weights is None: return np.full(n, 1 / n)
+    w = np.asarray(list(weights), dtype=float) if all(isinstance(v, (int, float)) for v in weights) else None
+    if w is None or len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() == 0:
+        raise ValueError(f"weights={list(weights)}: expected {n} number(s) >= 0, one per run, not all 0")
+    return w / w.sum()
+
+def map_at(m: np.ndarray, # one map H×W: uint8 0-255 or float in [0, 1]
+           size: int, # the side to bring it to
+          ) -> np.ndarray:
+    "One map as float32 probabilities in [0, 1] at size×size (`cv2.INTER_LINEAR`, as `predict` resizes)."
+    p = np.asarray(m, np.float32) / (255 if m.dtype == np.uint8 else 1)
+    return p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR)
+
+# %% ../nbs/13d_runs.ipynb #904626c3
+class Ensemble:
+    "Runs blended with weights: every member's out-of-fold maps brought to one side and averaged; the members must share their folds."
+    def __init__(self, runs: Sequence[str | Path | RunDir], # run folders written by `train`
+                 weights: Sequence[float] | None = None, # one per run, >= 0 (default: equal); normalised to sum 1
+                 size: int | None = None): # the side the maps are brought to (default: the largest member's)
+        self.runs = [RunDir(r) for r in runs]
+        if not self.runs: raise ValueError("an ensemble needs at least one run folder")
+        if dup := next((r for i, r in enumerate(self.runs) if r in self.runs[:i]), None):
+            raise ValueError(f"{dup.root} is named twice: give each run once (and a larger weight)")
+        for r in self.runs: r.read_config()  # each a run folder, else one line naming it
+        self.weights, self.size = _weights(weights, len(self.runs)), None if size is None else check_int('size', size, 32)
+    def __repr__(self) -> str: return f"Ensemble({', '.join(f'{r.root.name}×{w:.3g}' for r, w in zip(self.runs, self.weights))})"
+    def to_dict(self) -> dict:
+        "The ensemble as plain data: the runs' absolute paths, the weights, the side."
+        return dict(runs=[str(r.root.resolve()) for r in self.runs], weights=[float(w) for w in self.weights], size=self.size)
+
+# %% ../nbs/13d_runs.ipynb #14a98042
+@patch
+def member_oof(self: Ensemble) -> list[tuple[pd.DataFrame, list[np.ndarray]]]:
+    "Each member's out-of-fold ids and maps (`RunDir.load_oof`), checked against its own folds file and the first member's folds."
+    loaded = [r.load_oof() for r in self.runs]
+    for r, (ids, _) in zip(self.runs, loaded): check_oof_folds(r, ids)
+    check_same_folds(self.runs, [ids for ids, _ in loaded])
+    return loaded
+
+def _fold_maps(ids: pd.DataFrame, maps: list[np.ndarray], k: int, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    "Fold `k`'s maps of one member and the rows of `order` (ImageIds) in them."
+    mine = ids.ImageId[ids.fold == k].astype(str).tolist()
+    return maps[list(pd.unique(ids.fold)).index(k)], np.array([mine.index(i) for i in order]) if mine != order else np.arange(len(mine))
+
+@patch
+def load_oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    "Out-of-fold ids (ImageId, has_mask, fold; the first member's order) and, per fold, the weighted mean of the members' maps at the common side (float32)."
+    loaded = self.member_oof()
+    size, ids = self.size or max(int(m[0].shape[-1]) for _, m in loaded), loaded[0][0].drop(columns='dice', errors='ignore')
+    out = []
+    for k in pd.unique(ids.fold):
+        order = ids.ImageId[ids.fold == k].astype(str).tolist()
+        acc = np.zeros((len(order), size, size), np.float32)
+        for w, (mids, maps) in zip(self.weights, loaded):
+            if w == 0: continue
+            arr, rows = _fold_maps(mids, maps, k, order)
+            for j, r in enumerate(rows): acc[j] += np.float32(w) * map_at(arr[r], size)
+        out.append(np.clip(acc, 0, 1, out=acc))
+    return ids, out
+
+# %% ../nbs/13d_runs.ipynb #58a4fddf
+@patch
+def oof_truths(self: Ensemble, ids: pd.DataFrame, # `load_oof` ids (ImageId, fold), in its order
+               size: int, # the maps' side
+              ) -> list[np.ndarray]:
+    "The true masks at `size` (`RunDir.oof_truths`), from the first member whose cache holds that size."
+    for r in self.runs:
+        if int(size) in r.cache().sizes(): return r.oof_truths(ids, size)
+    raise FileNotFoundError(f"no member's cache holds {size}-px masks ({', '.join(str(r.cache().root) for r in self.runs)}): "
+                            "cache that size, or give the ensemble a size a member trained at")
+
+@patch
+def oof(self: Ensemble) -> tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray]]:
+    "Out-of-fold ids, each fold's blended maps and each fold's true masks, in one order: what a threshold search takes."
+    ids, maps = self.load_oof()
+    return ids, maps, self.oof_truths(ids, int(maps[0].shape[-1]))
+
+# %% ../nbs/13d_runs.ipynb #cb0bccbe
+@patch
+def save(self: Ensemble, dest: str | Path | EnsembleDir, # the ensemble folder
+        ) -> EnsembleDir:
+    "Write the members, weights and side (`EnsembleDir.spec`); the folder returned."
+    out = EnsembleDir(dest)
+    out.write_json(out.spec, self.to_dict())
+    return out
+
+@patch(cls_method=True)
+def read(cls: Ensemble, src: str | Path | EnsembleDir, # an ensemble folder written by `save`
+        ) -> Ensemble:
+    "The ensemble an ensemble folder describes."
+    d = EnsembleDir(src).read_spec()
+    return cls(d['runs'], d['weights'], d.get('size'))
+
+# %% ../nbs/13d_runs.ipynb #6b04589d
+def _joined(runs: Sequence[RunDir], key: str) -> str:
+    "The members' model `key` (arch, encoder), each once, in order."
+    return '+'.join(dict.fromkeys(str((r.read_config().get('model') or {}).get(key, '')) for r in runs))
+
+def ensemble_row(ens: str | Path | EnsembleDir, # an ensemble folder (`pneumokit search RUN RUN... --dest`)
+                ) -> dict:
+    "An ensemble as a row of `compare_runs`: members and weights, their models, the blend's side, the searched rule's Dice per fold and overall."
+    out = EnsembleDir(ens)
+    e, b = Ensemble.read(out), out.read_thresholds() if out.thresholds.is_file() else {}
+    members = ', '.join(f'{r.root.name}×{w:.3g}' for r, w in zip(e.runs, e.weights))
+    rows = [run_row(r) for r in e.runs]
+    return dict(kind='ensemble', run=str(out.root), members=members, config='', arch=_joined(e.runs, 'arch'),
+                encoder=_joined(e.runs, 'encoder'), sizes=str(b.get('size', e.size or '')), folds=rows[0]['folds'],
+                oof_dice=float(b.get('dice', np.nan)), **{f'dice_f{k}': float(v) for k, v in (b.get('fold_dice') or {}).items()},
+                rule=rule_from_dict(b, out.thresholds).describe() if b else '', rule_dice=float(b.get('dice', np.nan)),
+                epochs=sum(r['epochs'] for r in rows), wall_s=float(sum(r['wall_s'] for r in rows)))

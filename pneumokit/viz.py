@@ -17,6 +17,7 @@ from matplotlib.patches import Patch
 
 from .metrics import dice_per_image, kaggle_dice
 from .postprocess import TripletRule
+from .runs import Ensemble
 
 # %% auto #0
 __all__ = ['PALETTE', 'WORST_KINDS', 'overlay_rgb', 'plot_overlays', 'worst_images', 'gallery', 'plot_history', 'explorer_state',
@@ -294,6 +295,20 @@ def render(self: ThresholdExplorer) -> bytes:
 
 @patch
 def _repr_mimebundle_(self: ThresholdExplorer, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
+
+# %% ../nbs/14_viz.ipynb #501f545d
+@patch(cls_method=True)
+def from_runs(cls: ThresholdExplorer, runs: Sequence, # run folders (from `train`): one, or the members of a blend
+              weights: Sequence[float] | None = None, # one per run (default: equal)
+              size: int | None = None, # the blend's side (default: the largest member's)
+              **kwargs, # passed to `ThresholdExplorer` (starting triplet, `show`, ...)
+             ) -> ThresholdExplorer:
+    "The explorer on the runs' out-of-fold blend (`Ensemble.oof`), its X-rays read from a member's cache at the blend's side."
+    ens = Ensemble(runs, weights, size)
+    ids, maps, truths = ens.oof()
+    s, names = int(maps[0].shape[-1]), ids.ImageId.astype(str).tolist()
+    cache = next(r.cache() for r in ens.runs if s in r.cache().sizes())  # `oof` found the truths there
+    return cls(np.concatenate(maps), np.concatenate(truths), cache.read_images(s, names), names, **kwargs)
 
 # %% ../nbs/14_viz.ipynb #42e21469
 from matplotlib import colormaps
