@@ -416,7 +416,9 @@ def _load_start(learn: Learner, recipe: Recipe, run: RunState, folder: FoldDir, 
     "Stage `i`'s first weights: a resumed run's last epoch, a new fold's `init` files, then the previous stage's best epoch if `start: best`."
     if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device)
     elif i == s0 and init: _bare(learn.model).load_state_dict(average_weights(init))
-    if start == 0 and i > 0 and recipe.stages[i].start == 'best': _bare(learn.model).load_state_dict(read_state_dict(run.stage_best(i - 1)))
+    if start == 0 and i > 0 and recipe.stages[i].start == 'best':
+        barrier()  # under DDP, rank 0 has written the file every rank reads
+        _bare(learn.model).load_state_dict(read_state_dict(run.stage_best(i - 1)))
 
 def train_fold(recipe: Recipe, # model and stages
                cache: str | Path, # PNG cache from `build_cache` (every stage size cached)

@@ -93,7 +93,7 @@ def test_topk_average_start(parent, tmp_path):
 def test_cli_train_uptrains(parent, tmp_path):
     "`model.init` works through `pneumokit train`: the child trains both folds; its saved config names the parent."
     from pneumokit.layout import RunDir
-    cli_run('train', child_cfg(parent), parent.cache, parent.folds, tmp_path/'child', '--no_tensorboard', '--workers', 0)
+    cli_run('train', child_cfg(parent), parent.cache, parent.folds, tmp_path/'child', '--no-tensorboard', '--workers', 0)
     run = RunDir(tmp_path/'child')
     assert run.fold_ids('summary') == [0, 1]
     assert run.read_config()['model']['init'] == dict(run=str(parent.run), checkpoint='best')
@@ -107,7 +107,7 @@ def test_parent_with_other_folds_refused(parent, tmp_path):
     f.to_csv(tmp_path/'moved.csv', index=False)
     cli_fails('train', child_cfg(parent), parent.cache, tmp_path/'moved.csv', tmp_path/'child', '--workers', 0,
               needles=['`model.init`', f'image {i} is in fold {k} of parent run {parent.run}', f'but in fold {1 - k} of {tmp_path/"moved.csv"}'])
-    assert not (tmp_path/'child').exists()  # refused before anything is written
+    assert not list((tmp_path/'child').glob('*'))  # refused before anything is written
 
 
 def test_parent_unfinished_or_missing_refused(parent, tmp_path):
@@ -154,7 +154,7 @@ def test_early_stage_best_never_predicts_and_next_stage_starts_from_best(parent,
     assert res['best_score'] == 0.3 and res['size'] == 48
     fold = RunDir(tmp_path/'run').fold(0)
     assert [p.name for p in _fold_checkpoints(RunDir(tmp_path/'run'), 0)] == ['model_s1_e0.pth', 'model_s1_e1.pth']  # what predicts
-    assert RunDir(tmp_path/'run').load_oof()[1].shape[1:] == (48, 48)
+    assert RunDir(tmp_path/'run').load_oof()[1][0].shape[1:] == (48, 48)  # the maps at the last stage's size
     best0 = read_state_dict(fold.root/'best_s0_e0.pth')
     assert same(probe.starts[1], best0)  # stage 1 started from stage 0's best epoch (0), not its last (1)
     assert not same(probe.starts[1], probe.ends[0])
