@@ -199,6 +199,8 @@ class FoldDir(_Owner):
     def model_name(stage: int, epoch: int) -> str: return f'model_s{stage}_e{epoch}.pth'
     @staticmethod
     def average_name(stage: int, kind: str) -> str: return f'model_s{stage}_{kind}.pth'  # a stage's weight average ('ema', 'swa')
+    @staticmethod
+    def best_name(stage: int, epoch: int) -> str: return f'best_s{stage}_e{epoch}.pth'  # a stage's best epoch, that the next stage starts from
 
     def checkpoints(self) -> list[Path]:
         "The fold's top-k model checkpoints."
@@ -206,7 +208,7 @@ class FoldDir(_Owner):
 
     def strays(self, keep: set[str]) -> list[Path]:
         "Checkpoints and temporary files not in `keep` (left behind by a run killed between saving and cleaning up)."
-        files = [*self.root.glob('last_*.pth'), *self.root.glob('model_*.pth'), *self.root.glob('.*.tmp')]
+        files = [*self.root.glob('last_*.pth'), *self.root.glob('model_*.pth'), *self.root.glob('best_*.pth'), *self.root.glob('.*.tmp')]
         return [f for f in files if f.name not in keep]
 
     started = property(lambda self: self.state.is_file(), doc="Whether an epoch of this fold was recorded.")

@@ -27,7 +27,7 @@ from .layout import CacheDir, EnsembleDir, ExportDir, LrFindDir, ReportDir, RunD
 from .png import PngSet, image_source, png_labels, png_metadata, prepare_png
 from .postprocess import ThresholdRule, rule_from_dict
 from .rle import read_labels
-from .runs import Ensemble, check_oof_folds, compare_runs, map_at
+from .runs import Ensemble, check_oof_folds, compare_runs, map_at, parent_weights
 from .submission import make_submission
 from .synthetic import make_mini_siim
 from .train import check_wandb, stage_learner, train_kfold
@@ -236,6 +236,12 @@ def _train_folds(cfg: Config, folds: pd.DataFrame, folds_file: Path, fold: int |
         raise ValueError(f"fold {bad[0]} is not in {folds_file} (folds: {validation_folds(folds)})")
     return [int(k) for k in ids]
 
+def _parent_weights(cfg: Config, folds: pd.DataFrame, folds_file: Path, ids: list[int]) -> dict | None:
+    "Fold k -> the parent run's fold-k weights when the config uptrains one (`model.init`), checked by the runs owner."
+    if (init := cfg.recipe.init) is None: return None
+    try: return parent_weights(init['run'], folds, ids, init['checkpoint'], str(folds_file), cfg.recipe)
+    except (ValueError, FileNotFoundError) as e: raise type(e)(f"{cfg.source or cfg.name}: `model.init`: {e}") from None
+
 def train(cfg: str | Path | Config, # config name, file or `Config`
           cache: str | Path | CacheDir, # PNG cache (from `prepare`); for a volume config, a slice cache (from `slice`)
           folds: str | Path, # folds CSV (from `split`)
@@ -258,9 +264,10 @@ def train(cfg: str | Path | Config, # config name, file or `Config`
     kind.check(cfg, cache)
     ff = kind.trainable(kind.folds(folds_file), cache, folds_file)
     ids = _train_folds(cfg, ff, folds_file, fold)
+    init = _parent_weights(cfg, ff, folds_file, ids)
     run.start(cfg.to_dict())
     run.write_info(cache, folds_file); kind.started(run, cache)
-    train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, device=device, n_workers=n_workers,
+    train_kfold(cfg.recipe, cache, ff, run, fold_ids=ids, resume=resume, init=init, device=device, n_workers=n_workers,
                 tensorboard=tensorboard, wandb=wandb, distributed=distributed)
     _forget_stale_search(run)
     return run.collect_summary()

@@ -19,14 +19,15 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmResta
 
 from .core import check_bool, check_choice, check_float, check_int, check_prob, get_device
 from .data import AUG_PRESETS, check_aug, siim_dataloaders, slice_dataloaders
-from .layout import SliceCacheDir
+from .layout import FoldDir, SliceCacheDir, read_json
 from .losses import LOSSES, MULTICLASS_LOSSES, activate, get_loss
 from .metrics import KaggleDice, MeanClassDice, dice_per_image, slice_dice
 from .models import build_model, check_encoder, dry_build, get_arch, is_custom_arch, model_kwargs_names, model_splitter, read_state_dict
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TASKS', 'RECIPE_SECTIONS', 'OneCycle', 'Cosine', 'WarmRestarts', 'Plateau', 'FlatCos',
-           'Stage', 'Task', 'get_task', 'Recipe', 'stage_dls', 'model_kwargs', 'load_checkpoints']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'STAGE_STARTS', 'TASKS', 'RECIPE_SECTIONS', 'PARENT_CHECKPOINTS', 'OneCycle', 'Cosine',
+           'WarmRestarts', 'Plateau', 'FlatCos', 'Stage', 'Task', 'get_task', 'Recipe', 'stage_dls', 'model_kwargs',
+           'load_checkpoints']
 
 # %% ../nbs/09a_recipe.ipynb #7f223732
 def _lr(st) -> float | slice:
@@ -107,6 +108,8 @@ class FlatCos:
 SCHEDULES = dict(one_cycle=OneCycle, cosine=Cosine, warm_restarts=WarmRestarts, plateau=Plateau, flat_cos=FlatCos)  # `Stage.sched`
 
 # %% ../nbs/09a_recipe.ipynb #9aa1c0c0
+STAGE_STARTS = ('last', 'best')  # `Stage.start`: a stage continues from the previous stage's last epoch, or from its best one
+
 @dataclass
 class Stage:
     "One training phase: one schedule at one image size."
@@ -129,6 +132,7 @@ class Stage:
     early_stop: int | None = None  # end the stage after this many epochs without a better monitor (fastai's EarlyStoppingCallback)
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999), ranked as a checkpoint at the end
     swa_epochs: int = 0  # average the weights of the stage's last `swa_epochs` epochs (SWA), ranked as a checkpoint at the end
+    start: str = 'last'  # a `STAGE_STARTS` name: the weights this stage starts from, the previous stage's 'last' or 'best' epoch
 
     def __post_init__(self):
         "Every field, checked where the stage is built; errors name the field."
@@ -136,6 +140,7 @@ class Stage:
         _check_lr(self.lr); _check_pos_frac(self.pos_frac)
         check_bool('frozen', self.frozen); check_bool('positives_only', self.positives_only)
         check_choice('loss', self.loss, {**LOSSES, **MULTICLASS_LOSSES}); self.aug = check_aug(self.aug, self.size)
+        check_choice('start', self.start, STAGE_STARTS)
         if not isinstance(self.loss_kwargs, dict): raise ValueError(f"`loss_kwargs` must be a mapping, got {self.loss_kwargs!r}")
         if self.wd is not None: check_float('wd', self.wd, 0)
         self.schedule  # builds it: a bad name or field fails here
@@ -259,15 +264,25 @@ class Recipe:
     seed: int = 0  # random seed
     deterministic: bool = False  # deterministic kernels (slower)
     wandb: bool = False  # also log to Weights & Biases (offline unless WANDB_MODE says otherwise; `pip install pneumokit[wandb]`)
+    init: dict | None = None  # a parent run whose fold k starts fold k: {run: folder, checkpoint: best|last|topk} (`PARENT_CHECKPOINTS`)
+    topk_stages: list[int] | None = None  # the stages whose epochs compete for the top-k (one image size); None: the last stage
 
     def __post_init__(self):
         "Every field, checked where the recipe is built (from Python or a config): errors name the key."
         if not isinstance(self.stages, (list, tuple)) or not self.stages: raise ValueError("a recipe needs at least one stage")
         self.stages = [_stage(s, i) for i, s in enumerate(self.stages)]
-        _check_fields(self); _check_mode(self); _check_model(self); _check_losses(self)
+        _check_fields(self); _check_mode(self); _check_model(self); _check_losses(self); _check_uptrain(self)
 
     @property
     def task(self) -> Task: return TASKS[self.mode]
+
+    def ranked_stages(self) -> list[int]:
+        "The stages whose epochs compete for the top-k checkpoints: `topk_stages`, else the last stage."
+        return sorted(self.topk_stages) if self.topk_stages is not None else [len(self.stages) - 1]
+
+    def best_kept(self) -> list[int]:
+        "The stages whose best epoch is kept because the next stage starts from it (`Stage.start='best'`)."
+        return [i - 1 for i, s in enumerate(self.stages) if i and s.start == 'best']
 
     def to_dict(self) -> dict:
         "The recipe as the `model`, `train` and `stages` sections of a config: the form a run folder saves (`RunDir.config`)."
@@ -287,9 +302,38 @@ class Recipe:
 
 RECIPE_SECTIONS = dict(  # config section -> {config key: `Recipe` field}: the one map between the YAML and the recipe
     model=dict(mode='mode', classes='classes', arch='arch', encoder='encoder', weights='weights', opt='opt', kwargs='model_kwargs',
-               freeze_bn='freeze_bn', aux_weight='aux_weight'),
+               freeze_bn='freeze_bn', aux_weight='aux_weight', init='init'),
     train=dict(top_k='top_k', threshold='threshold', min_area='min_area', clip='clip', seed='seed', deterministic='deterministic',
-               wandb='wandb'))
+               wandb='wandb', topk_stages='topk_stages'))
+
+# %% ../nbs/09a_recipe.ipynb #43d60388
+def _best(f: FoldDir) -> list[Path]: return [f.root/f.read_summary()['checkpoints'][0]]
+def _topk(f: FoldDir) -> list[Path]: return [f.root/n for n in f.read_summary()['checkpoints']]
+def _last(f: FoldDir) -> list[Path]: return [f.root/read_json(f.state, f"fold {f.k} has not started")['last']]
+
+PARENT_CHECKPOINTS = dict(best=_best, last=_last, topk=_topk)  # `init.checkpoint` -> finished parent fold -> its weights files (averaged)
+
+def _check_init(init):
+    "`model.init`: None, or {run: a folder, checkpoint: a `PARENT_CHECKPOINTS` name (default 'best')}."
+    if init is None: return
+    if not isinstance(init, dict) or not isinstance(init.get('run'), (str, Path)) or not str(init['run']):
+        raise ValueError(f"`model.init` must be a mapping like {{run: runs/part0, checkpoint: best}}, got {init!r}")
+    if bad := [k for k in init if k not in ('run', 'checkpoint')]: raise ValueError(f"unknown key `model.init.{bad[0]}`; valid keys: run, checkpoint")
+    init.setdefault('checkpoint', 'best'); init['run'] = str(init['run'])
+    check_choice('model.init.checkpoint', init['checkpoint'], PARENT_CHECKPOINTS)
+
+def _check_uptrain(r: Recipe):
+    "The parent run, the first stage's start, and the top-k stages: valid indices of one image size."
+    _check_init(r.init)
+    if r.stages[0].start != 'last': raise ValueError("stage 0: `start` 'best' needs a previous stage (the first stage starts from `model.init`)")
+    if r.topk_stages is None: return
+    if not isinstance(r.topk_stages, (list, tuple)) or not r.topk_stages:
+        raise ValueError(f"`train.topk_stages` must be a non-empty list of stage indices, got {r.topk_stages!r}")
+    for i in r.topk_stages:
+        if check_int('train.topk_stages', i, 0) >= len(r.stages): raise ValueError(f"`train.topk_stages`: no stage {i} (stages 0 to {len(r.stages) - 1})")
+    if len(sizes := {r.stages[i].size for i in r.topk_stages}) > 1:
+        raise ValueError(f"`train.topk_stages` {list(r.topk_stages)} mix sizes {sorted(sizes)}: top-k checkpoints are ranked at one size")
+
 
 # %% ../nbs/09a_recipe.ipynb #f5976996
 def _stage(s, i: int) -> Stage:

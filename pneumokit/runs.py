@@ -4,7 +4,7 @@
 
 # %% ../nbs/13d_runs.ipynb #20185443
 from __future__ import annotations
-import textwrap
+import json, textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import check_int
+from .core import check_choice, check_int
 from .folds import TRAIN_ONLY, load_folds
 from .layout import EnsembleDir, RunDir
 from .postprocess import rule_from_dict
+from .recipe import PARENT_CHECKPOINTS, Recipe
 
 # %% auto #0
-__all__ = ['run_folds', 'check_oof_folds', 'run_row', 'run_dirs', 'compare_runs', 'fit_table', 'check_same_folds', 'map_at',
-           'Ensemble', 'ensemble_row']
+__all__ = ['run_folds', 'check_oof_folds', 'check_same_folds', 'parent_weights', 'run_row', 'run_dirs', 'compare_runs',
+           'fit_table', 'check_members_folds', 'map_at', 'Ensemble', 'ensemble_row']
 
 # %% ../nbs/13d_runs.ipynb #d304bd29
 def run_folds(run: str | Path | RunDir, # a run folder written by `train`
@@ -42,6 +43,53 @@ def check_oof_folds(run: str | Path | RunDir, # a run folder written by `train`
         raise ValueError(f"{run.root}: out-of-fold image {i} of fold {k} {why} {run.read_info()['folds']} ({bad.sum()} such "
                          "image(s)): the folds file changed since the run trained; restore it or train again")
     return ids
+
+# %% ../nbs/13d_runs.ipynb #eabd2380
+def _fold_name(f) -> str: return 'training-only' if f == TRAIN_ONLY else f'fold {int(f)}'
+
+def check_same_folds(a: pd.DataFrame, # a folds table (ImageId, fold), e.g. a parent run's
+                     b: pd.DataFrame, # another (this run's)
+                     a_name: str, b_name: str, # what each table is, for the message
+                    ) -> pd.DataFrame:
+    "The images both tables hold (ImageId, fold); one line naming an image the two put in different folds, or none shared."
+    m = a[['ImageId', 'fold']].astype({'ImageId': str}).merge(b[['ImageId', 'fold']].astype({'ImageId': str}), on='ImageId')
+    if not len(m): raise ValueError(f"{a_name} and {b_name} share no image: they split other data")
+    if len(bad := m[m.fold_x != m.fold_y]):
+        i, fa, fb = bad.iloc[0][['ImageId', 'fold_x', 'fold_y']]
+        raise ValueError(f"image {i} is in {_fold_name(fa)} of {a_name} but in {_fold_name(fb)} of {b_name} ({len(bad)} such "
+                         "image(s)): the runs must split the images alike")
+    return m[['ImageId', 'fold_x']].rename(columns=dict(fold_x='fold'))
+
+
+# %% ../nbs/13d_runs.ipynb #1a277551
+def _check_parent_model(parent: RunDir, recipe: Recipe):
+    "The parent's architecture, encoder, output channels and model keywords: the child's, or its weights cannot load."
+    p, mine = (json.loads(json.dumps(r.to_dict()['model'])) for r in (Recipe.from_dict(parent.read_config()), recipe))  # tuples as lists
+    if diff := [k for k in ('arch', 'encoder', 'classes', 'kwargs') if p[k] != mine[k]]:
+        raise ValueError(f"parent run {parent.root} has `model.{diff[0]}` {p[diff[0]]!r}, this config {mine[diff[0]]!r}: "
+                         "fold k starts from the parent's weights, so the model must be the same")
+
+def parent_weights(parent: str | Path | RunDir, # the parent run folder (`model.init.run`)
+                   folds: pd.DataFrame, # this run's folds table
+                   fold_ids: Sequence[int], # the folds this run trains
+                   checkpoint: str = 'best', # a `pneumokit.recipe.PARENT_CHECKPOINTS` name: best, last, topk
+                   folds_name: str = "this run's folds", # what `folds` is (its file), for messages
+                   recipe: Recipe | None = None, # this run's recipe: its model is checked against the parent's
+                  ) -> dict[int, list[Path]]:
+    "Fold k -> the parent's fold-k weights files, once the parent split the images as `folds` does and its fold k finished."
+    parent, pick = RunDir(parent), PARENT_CHECKPOINTS[check_choice('model.init.checkpoint', checkpoint, PARENT_CHECKPOINTS)]
+    if not parent.config.is_file(): raise FileNotFoundError(f"parent run not found: {parent.root} (no config written by `train`)")
+    if recipe is not None: _check_parent_model(parent, recipe)
+    if (pf := run_folds(parent)) is None:
+        raise FileNotFoundError(f"parent run {parent.root}: its folds file {parent.read_info()['folds']} is gone: its folds cannot be checked")
+    check_same_folds(pf, folds, f"parent run {parent.root}", folds_name)
+    out = {}
+    for k in map(int, fold_ids):
+        if not (f := parent.fold(k)).finished:
+            raise ValueError(f"parent run {parent.root}: fold {k} has not finished (no {f.summary.name}): finish it before fold {k} uptrains from it")
+        if missing := [p for p in (out.setdefault(k, pick(f))) if not p.is_file()]: raise FileNotFoundError(f"parent run {parent.root}: {missing[0]} not found")
+    return out
+
 
 # %% ../nbs/13d_runs.ipynb #a0be9437
 def _sizes(stages: Sequence[dict]) -> str:
@@ -139,8 +187,8 @@ def fit_table(df: pd.DataFrame, # `compare_runs`'s table
 # %% ../nbs/13d_runs.ipynb #d37c72f3
 def _fold_of(ids: pd.DataFrame) -> pd.Series: return ids.assign(ImageId=ids.ImageId.astype(str)).set_index('ImageId').fold
 
-def check_same_folds(runs: Sequence[RunDir], # the members, the first one the reference
-                     idss: Sequence[pd.DataFrame], # their out-of-fold ids (ImageId, fold), from `RunDir.load_oof`
+def check_members_folds(runs: Sequence[RunDir], # the members, the first one the reference
+                        idss: Sequence[pd.DataFrame], # their out-of-fold ids (ImageId, fold), from `RunDir.load_oof`
                     ) -> None:
     "Every member validated every image in the same fold as the first; else one line naming an image and its two folds."
     ref = _fold_of(idss[0])
@@ -191,7 +239,7 @@ def member_oof(self: Ensemble) -> list[tuple[pd.DataFrame, list[np.ndarray]]]:
     "Each member's out-of-fold ids and maps (`RunDir.load_oof`), checked against its own folds file and the first member's folds."
     loaded = [r.load_oof() for r in self.runs]
     for r, (ids, _) in zip(self.runs, loaded): check_oof_folds(r, ids)
-    check_same_folds(self.runs, [ids for ids, _ in loaded])
+    check_members_folds(self.runs, [ids for ids, _ in loaded])
     return loaded
 
 def _fold_maps(ids: pd.DataFrame, maps: list[np.ndarray], k: int, order: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from .ddp import barrier, from_rank0, is_main, rank, world_size
 from .layout import FoldDir, RunDir
 from .folds import validation_folds
 from .losses import get_loss
-from .models import AuxHeadLoss, ensemble_outputs, seg_learner
+from .models import AuxHeadLoss, ensemble_outputs, read_state_dict, seg_learner
 # the recipe's names, importable from here as before (their owner is `pneumokit.recipe`)
 from .recipe import (OPTIMIZERS, RECIPE_SECTIONS, SCHEDULES, TASKS, Recipe, Stage, Task, _lr, _stage_dls, load_checkpoints,
                               model_kwargs)
@@ -41,7 +41,7 @@ from .callbacks import WeightAverage, freezes_bn, score_average, stage_callbacks
 
 # %% auto #0
 __all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog',
-           'check_wandb', 'stage_learner', 'write_oof', 'train_fold', 'train_kfold']
+           'check_wandb', 'stage_learner', 'average_weights', 'write_oof', 'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #191ea4ec
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -63,8 +63,11 @@ class RunState:
     "The resumable state of one fold's run, kept in its state file (`pneumokit.layout.FoldDir.state`)."
     def __init__(self, folder: str | Path | FoldDir, # the fold's folder
                  top_k: int = 3, # checkpoints to keep
-                 main: bool | None = None): # write files? default: on rank 0 only (the others keep the state in memory)
+                 main: bool | None = None, # write files? default: on rank 0 only (the others keep the state in memory)
+                 ranked: Sequence[int] | None = None, # stages whose epochs compete for the top-k (`Recipe.ranked_stages`); None: all
+                 keep_best: Sequence[int] = ()): # stages whose best epoch is kept: the next stage starts from it (`Recipe.best_kept`)
         self.fold = folder if isinstance(folder, FoldDir) else FoldDir(folder)
+        self.ranked, self.keep_best = None if ranked is None else set(ranked), set(keep_best)
         self.folder, self.top_k, self.main = self.fold.root, top_k, self.fold.main if main is None else main
         f = self.fold.state
         self.state = json.loads(f.read_text()) if f.exists() else dict(stage=0, epoch=0, last=None, history=[], topk=[])
@@ -73,7 +76,8 @@ class RunState:
     def _sweep(self):
         "Remove checkpoints the state file does not name: left behind when a run is killed between saving and cleaning up."
         if not self.main or not self.folder.exists(): return
-        for f in self.fold.strays({self.state['last'], *(r['file'] for r in self.state['topk'])}): f.unlink(missing_ok=True)
+        keep = {self.state['last'], *(r['file'] for r in [*self.state['topk'], *self.state.get('best', {}).values()])}
+        for f in self.fold.strays(keep): f.unlink(missing_ok=True)
 
     @property
     def position(self) -> tuple[int, int]: return self.state['stage'], self.state['epoch']
@@ -96,7 +100,8 @@ class RunState:
         self.state['batches'] = self.state.get('batches', 0) + batches
         last = FoldDir.last_name(stage, epoch)
         if self.main: save_checkpoint(learn, self.folder/last)
-        drop = self._update_topk(learn, FoldDir.model_name(stage, epoch), row)
+        drop = self._update_topk(learn, FoldDir.model_name(stage, epoch), row) if self.ranked is None or stage in self.ranked else []
+        if stage in self.keep_best: drop += self._update_best(learn, stage, FoldDir.best_name(stage, epoch), row)
         old, done = self.state['last'], epoch + 1 == n_epochs
         self.state.update(stage=stage + done, epoch=0 if done else epoch + 1, last=last)
         self.state['history'].append(row)
@@ -110,10 +115,24 @@ class RunState:
 
     def candidate(self, model: torch.nn.Module, name: str, row: dict):
         "Rank weights that are no epoch's (a stage's weight average) among the top-k by `row['score']`; saved when they enter."
+        if self.ranked is not None and row['stage'] not in self.ranked: return  # top-k is ranked within the ranked stages only
         drop = self._update_topk(SimpleNamespace(model=model, opt=None), name, row)
         if self.main: self._commit(drop)
 
     def best_files(self) -> list[Path]: return [self.folder/r['file'] for r in self.state['topk']]
+
+    def _update_best(self, learn: Learner, stage: int, name: str, row: dict) -> list[str]:
+        "Keep the stage's best epoch so far; returns the file it replaces."
+        best = self.state.setdefault('best', {})
+        if (old := best.get(str(stage))) is not None and not row['score'] > old['score']: return []
+        if self.main: save_checkpoint(learn, self.folder/name, with_opt=False)
+        best[str(stage)] = dict(row, file=name)
+        return [old['file']] if old else []
+
+    def stage_best(self, stage: int) -> Path:
+        "The checkpoint of `stage`'s best epoch (kept when `keep_best` names the stage)."
+        if str(stage) not in self.state.get('best', {}): raise ValueError(f"{self.folder}: stage {stage}'s best epoch was not kept")
+        return self.folder/self.state['best'][str(stage)]['file']
 
 # %% ../nbs/10_train.ipynb #746c3f83
 class FoldCheckpoint(Callback):
@@ -315,6 +334,18 @@ def stage_learner(recipe: Recipe, # model and stages
     _prepare_stage(recipe, learn, st)
     return learn
 
+# %% ../nbs/10_train.ipynb #689dfbff
+def average_weights(files: Sequence[str | Path], # weights files of one architecture (a fold's top-k checkpoints)
+                   ) -> dict[str, torch.Tensor]:
+    "The mean of the files' state dicts (one file: its own weights); integer tensors (BatchNorm's batch counts) from the first file."
+    if not files: raise ValueError("no weights files to average")
+    sds = [read_state_dict(f) for f in files]
+    if bad := [str(f) for f, sd in zip(files, sds) if sd.keys() != sds[0].keys()]:
+        raise ValueError(f"{bad[0]}: its weights do not have the keys of {files[0]}: not the same model")
+    return {k: torch.stack([sd[k].float() for sd in sds]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in sds[0].items()}
+
+
 # %% ../nbs/10_train.ipynb #6dc285e7
 def _start_fold(run: RunDir, recipe: Recipe, fold: int, resume: bool) -> FoldDir:
     "The fold's folder, after the run's config check: a started fold continues only with `resume`."
@@ -402,7 +433,7 @@ def _new_opt(recipe: Recipe, i: int) -> bool:
     return i > 0 and (recipe.stages[i].opt or recipe.opt) != (recipe.stages[i - 1].opt or recipe.opt)
 
 def _fit_stages(recipe: Recipe, cache, folds: pd.DataFrame, fold: int, folder: FoldDir, run: RunState, device, n_workers,
-                rank: int | None, compile, writer, cbs: list):
+                rank: int | None, compile, writer, cbs: list, init: Sequence | None = None):
     "Every stage not done yet, from the run state's position."
     learn, s0, e0 = None, *run.position
     for i, st in enumerate(recipe.stages):
@@ -413,12 +444,20 @@ def _fit_stages(recipe: Recipe, cache, folds: pd.DataFrame, fold: int, folder: F
         if learn is None: learn = _learner(recipe, dls, st, device, folder.root, rank is not None, compile)
         else: set_dls(learn, dls)
         _prepare_stage(recipe, learn, st)
-        if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device,
-                                               with_opt=start > 0 or not _new_opt(recipe, i))
+        _load_start(learn, recipe, run, folder, i, s0, start, init, device)
         ckpt = FoldCheckpoint(run, i, st.epochs, start, monitor=recipe.task.monitor, writer=writer)
         own = stage_callbacks(recipe, st, start, [r['score'] for r in run.state['history'] if r['stage'] == i][:start])
         _fit_stage(learn, st, start, [ckpt, *own, *_log_cbs(recipe, dls, run, writer, fold, i, start), *cbs], recipe.clip)
         _rank_averages(learn, run, i, own, recipe.task.monitor)
+
+def _load_start(learn: Learner, recipe: Recipe, run: RunState, folder: FoldDir, i: int, s0: int, start: int, init, device):
+    "Stage `i`'s first weights: a resumed run's last epoch, a new fold's `init` files, then the previous stage's best epoch if `start: best`."
+    if i == s0 and run.started: load_model(folder.root/run.state['last'], learn.model, learn.opt, device=device,
+                                           with_opt=start > 0 or not _new_opt(recipe, i))
+    elif i == s0 and init: _bare(learn.model).load_state_dict(average_weights(init))
+    if start == 0 and i > 0 and recipe.stages[i].start == 'best':
+        barrier()  # under DDP, rank 0 has written the file every rank reads
+        _bare(learn.model).load_state_dict(read_state_dict(run.stage_best(i - 1)))
 
 def train_fold(recipe: Recipe, # model and stages
                cache: str | Path, # PNG cache from `build_cache` (every stage size cached)
@@ -433,16 +472,20 @@ def train_fold(recipe: Recipe, # model and stages
                distributed: bool = False, # DDP across the processes `accelerate launch` started; only rank 0 writes
                compile: bool | str = False, # `torch.compile` the model (True: inductor; or a backend name, e.g. 'eager')
                wandb: bool = False, # also log to W&B (as `recipe.wandb` does), in `<fold>/wandb`
+               init: Sequence[str | Path] | None = None, # weights files whose mean starts the fold: the parent's fold (`pneumokit.runs.parent_weights`)
               ) -> dict:
     "Train one fold through every stage; returns its summary (best score, checkpoints, out-of-fold maps)."
     rank, wandb = _ddp_rank(distributed), check_wandb(wandb or recipe.wandb)
     device = _ddp_device(device, rank is not None)
+    if recipe.init is not None and not init:
+        raise ValueError(f"the recipe starts from the parent run {recipe.init['run']}: pass its fold {fold}'s weights as `init` "
+                         "(`pneumokit.runs.parent_weights`, or `pneumokit train`, resolve them)")
     folder = _start_fold(RunDir(out), recipe, fold, resume)
-    run = RunState(folder, recipe.top_k)
+    run = RunState(folder, recipe.top_k, ranked=recipe.ranked_stages(), keep_best=recipe.best_kept())
     seed_everything(recipe.seed + fold + len(run.state['history']) + (rank or 0), recipe.deterministic)
     writer = _writer(folder, tensorboard)
     wb = _wandb_start(folder, recipe) if wandb and folder.main else []
-    try: _fit_stages(recipe, cache, folds, fold, folder, run, device, n_workers, rank, compile, writer, [*wb, *cbs])
+    try: _fit_stages(recipe, cache, folds, fold, folder, run, device, n_workers, rank, compile, writer, [*wb, *cbs], init)
     finally:
         if writer is not None: writer.close()
         _wandb_finish(wb)
@@ -455,6 +498,7 @@ def train_kfold(recipe: Recipe, # model and stages
                 out: str | Path | RunDir, # run folder: a folder per fold, and the run's summary
                 fold_ids: Sequence[int] | None = None, # folds to train (default: all)
                 resume: bool = False, # continue killed folds; finished folds are not retrained
+                init: dict | None = None, # fold -> the weights files that start it (a parent run's fold: `pneumokit.runs.parent_weights`)
                 **kwargs, # passed to `train_fold`
                ) -> pd.DataFrame:
     "Train folds one after another; one summary row per fold trained (or finished before), and the run's summary file."
@@ -462,7 +506,7 @@ def train_kfold(recipe: Recipe, # model and stages
     for k in (validation_folds(folds) if fold_ids is None else fold_ids):
         f = run.fold(int(k))
         if resume and f.finished: rows.append(f.read_summary()); continue
-        rows.append(train_fold(recipe, cache, folds, int(k), run, resume=resume, **kwargs))
+        rows.append(train_fold(recipe, cache, folds, int(k), run, resume=resume, init=None if init is None else init[int(k)], **kwargs))
     barrier()  # under DDP, rank 0 has written every fold's summary before anyone reads them
     run.collect_summary()
     return pd.DataFrame(rows)
