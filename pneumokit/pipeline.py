@@ -30,7 +30,8 @@ from .rle import read_labels
 from .runs import Ensemble, check_oof_folds, compare_runs, map_at, parent_weights
 from .submission import make_submission
 from .synthetic import make_mini_siim
-from .train import check_wandb, stage_learner, train_kfold
+from .logs import check_wandb
+from .train import stage_learner, train_kfold
 from .layout import SliceCacheDir, VolumeDir
 from .volumes import (audit_volumes, case_folds, case_scores, find_volume_pairs, get_codes, is_volume_folder, predict_volumes,
                                read_slice_cache, SCANS,

@@ -38,10 +38,12 @@ from .models import AuxHeadLoss, ensemble_outputs, read_state_dict, seg_learner
 from .recipe import (OPTIMIZERS, RECIPE_SECTIONS, SCHEDULES, TASKS, Recipe, Stage, Task, _lr, _stage_dls, load_checkpoints,
                               model_kwargs)
 from .callbacks import WeightAverage, freezes_bn, score_average, stage_callbacks
+from .logs import PALETTE, EpochLines, bars_wanted, check_wandb, overlay, overlay_grid, _wandb_finish, _wandb_start
+
 
 # %% auto #0
-__all__ = ['PALETTE', 'save_checkpoint', 'RunState', 'FoldCheckpoint', 'EpochLines', 'overlay', 'overlay_grid', 'TensorBoardLog',
-           'check_wandb', 'stage_learner', 'average_weights', 'write_oof', 'train_fold', 'train_kfold']
+__all__ = ['save_checkpoint', 'RunState', 'FoldCheckpoint', 'TensorBoardLog', 'stage_learner', 'average_weights', 'write_oof',
+           'train_fold', 'train_kfold']
 
 # %% ../nbs/10_train.ipynb #191ea4ec
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -158,45 +160,6 @@ class FoldCheckpoint(Callback):
             for n, v in zip(names, vals): self.writer.add_scalar(n, float(v), step)
             self.writer.flush()
 
-# %% ../nbs/10_train.ipynb #9f202e00
-from .core import bars_wanted  # the one switch of every progress bar (it lives in `core`); re-exported here
-
-class EpochLines(Callback):
-    "One printed line per epoch (its figures and time) in place of progress bars, for output that is not a terminal."
-    order = 61  # after the Recorder has the epoch's figures
-    def __init__(self, prefix: str = '', # what the line starts with, e.g. 'fold 0 stage 1/2 '
-                 start_epoch: int = 0): # epochs already done (a resumed stage skips them): no line for those
-        self.prefix, self.start = prefix, start_epoch
-    def before_fit(self): self.old_logger, self.learn.logger = self.learn.logger, noop  # the Recorder's bare lists
-    def after_fit(self): self.learn.logger = self.old_logger
-    def after_epoch(self):
-        if self.epoch < self.start: return
-        figs = [f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}'
-                for n, v in zip(self.recorder.metric_names[1:], self.recorder.log[1:])]
-        print(f"{self.prefix}epoch {self.epoch + 1}/{self.n_epoch}: " + ', '.join(figs), flush=True)
-
-# %% ../nbs/10_train.ipynb #a588a20d
-PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 220, 60], [70, 130, 255], [255, 210, 0], [230, 60, 230],
-                    [0, 220, 220], [255, 140, 0]], dtype=np.uint8)  # class 0 (background) is not painted
-
-def overlay(image: np.ndarray, # (H, W) or (C, H, W) image in any range (shown min-max scaled, channels averaged)
-            labels: np.ndarray, # (H, W) ints: 0 background, 1, 2, ... classes (a binary mask is class 1)
-            alpha: float = 0.5, # opacity of the paint
-           ) -> np.ndarray:
-    "An RGB uint8 (H, W, 3) picture: `image` in grey with `labels` painted over it in `PALETTE` colours."
-    img = np.asarray(image, dtype=np.float32)
-    img = img.mean(0) if img.ndim == 3 else img
-    lo, hi = float(img.min()), float(img.max())
-    rgb = np.repeat((((img - lo) / (hi - lo)) if hi > lo else np.zeros_like(img))[..., None] * 255, 3, -1)
-    lab = np.asarray(labels).astype(np.int64)
-    on = lab > 0
-    rgb[on] = (1 - alpha) * rgb[on] + alpha * PALETTE[1 + (lab[on] - 1) % (len(PALETTE) - 1)]
-    return rgb.round().astype(np.uint8)
-
-def overlay_grid(images, targets, preds) -> np.ndarray:
-    "One row per image: its target painted | its prediction painted, as one RGB uint8 picture."
-    return np.concatenate([np.concatenate([overlay(i, t), overlay(i, p)], 1) for i, t, p in zip(images, targets, preds)], 0)
-
 # %% ../nbs/10_train.ipynb #20b92267
 def _fixed_batch(dl, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     "The first `n` items of (validation) loader `dl`, leaving every random state as it was: logging must not change training."
@@ -232,39 +195,6 @@ class TensorBoardLog(Callback):
         grid = overlay_grid(x.float().cpu().numpy(), y.cpu().numpy(), self.labels(p).cpu().numpy().astype(np.int64))
         self.writer.add_image('valid/overlay', grid, len(self.run.state['history']), dataformats='HWC')
         self.writer.flush()
-
-# %% ../nbs/10_train.ipynb #6faf99a8
-def check_wandb(on: bool, # whether W&B logging is asked for
-               ) -> bool:
-    "`on`; when on and wandb is not installed, a `ValueError` naming the extra that installs it."
-    if on:
-        try: import wandb  # noqa: F401
-        except ImportError: raise ValueError("W&B logging is on (train.wandb / --wandb) but wandb is not installed: "
-                                             "pip install 'pneumokit[wandb]'") from None
-    return on
-
-def _wandb_start(folder: FoldDir, recipe: Recipe) -> list[Callback]:
-    "Start this fold's W&B run (offline unless `WANDB_MODE` is set) and return fastai's callback for it."
-    import wandb
-    from fastai.callback.wandb import WandbCallback
-
-    class _WandbCallback(WandbCallback):
-        "fastai's callback with the recipe as the run's config: its own (`Learner.gather_args`) fails with fastcore 2.2 (`init_args(True)`)."
-        def before_fit(self):
-            self.learn.gather_args = dict  # nothing more to add: `wandb.init` got the recipe
-            try: super().before_fit()
-            finally: del self.learn.gather_args
-    folder.wandb.mkdir(parents=True, exist_ok=True)
-    name = f'{folder.root.parent.name}-fold{folder.k}'
-    wandb.init(project=os.environ.get('WANDB_PROJECT', 'pneumokit'), name=name, group=folder.root.parent.name,
-               dir=str(folder.wandb), mode=os.environ.get('WANDB_MODE', 'offline'), config=recipe.to_dict(),
-               reinit='finish_previous', settings=wandb.Settings(console='off', silent=True))
-    return [_WandbCallback(log=None, log_preds=False)]
-
-def _wandb_finish(cbs: list):
-    if cbs:
-        import wandb
-        wandb.finish()
 
 # %% ../nbs/10_train.ipynb #8a0444fb
 def _stage_loss(recipe: Recipe, st: Stage, model: torch.nn.Module):
