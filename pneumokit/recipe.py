@@ -49,7 +49,10 @@ class OneCycle:
         check_float('pct_start', self.pct_start, 0, 1, positive=True)
         check_float('div', self.div, positive=True); check_float('div_final', self.div_final, positive=True)
     def build(self, opt: torch.optim.Optimizer, steps: int):
-        return OneCycleLR(opt, [g['lr'] for g in opt.param_groups], total_steps=steps, pct_start=self.pct_start, div_factor=self.div,
+        # torch's OneCycleLR divides by zero when the warm-up is exactly one step (pct_start * steps == 1, e.g. 4 batches):
+        # a warm-up a hair longer keeps the first batch at lr/div and anneals from the second
+        pct = self.pct_start * (1 + 1e-9) if self.pct_start * steps == 1 else self.pct_start
+        return OneCycleLR(opt, [g['lr'] for g in opt.param_groups], total_steps=steps, pct_start=pct, div_factor=self.div,
                           final_div_factor=self.div_final / self.div, base_momentum=0.85, max_momentum=0.95)
 
 @dataclass
