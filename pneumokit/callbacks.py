@@ -55,6 +55,7 @@ class StageSchedule(Callback):
         "The stage's base rates are fastai's (one per parameter group, as `fit(lr=...)` set them); skip what is done."
         n = epoch_batches(self.dls.train, self.n_epoch) if self.per_batch else [1] * self.n_epoch  # steps per epoch
         self.shadow = _shadow([h['lr'] for h in self.opt.hypers])
+        if not sum(n): self.sched = None; return  # a loader with no full batch: nothing trains, nothing to schedule
         self.sched = self.schedule.build(self.shadow, sum(n))
         self.shadow.step()  # nothing to move (no gradients): tells torch the optimizer steps before its scheduler
         for e in range(self.start):
@@ -74,7 +75,7 @@ class StageSchedule(Callback):
         if self.training and self.per_batch: self.sched.step()
 
     def after_epoch(self):
-        if self.epoch < self.start or self.per_batch: return
+        if self.epoch < self.start or self.per_batch or self.sched is None: return
         names = list(self.recorder.metric_names[1:-1])
         self._epoch_step(float(self.recorder.values[-1][names.index(self.monitor)]) if self.monitor in names else None)
 

@@ -77,9 +77,14 @@ def grown_run(tmp_path_factory):
     """A tiny real run on grown folds: 50 patients' synthetic images (of 80) split in 2 folds, then the other images added as
     training-only (`split --extend --train-only`, through the CLI); 2 folds x 1 epoch at 32 px, searched."""
     from types import SimpleNamespace
+    d = shared_folder(tmp_path_factory, 'grown', _grow)  # trained once per session, whichever xdist worker asks first
+    return SimpleNamespace(root=d, mini=d/'mini', cfg=d/'cfg.yaml', cache=d/'cache', folds0=d/'folds0.csv', folds=d/'folds.csv',
+                           run=d/'run', first=(d/'first.txt').read_text().split(), n=80)
+
+
+def _grow(d: Path):
     import pandas as pd
     from pneumokit import pipeline
-    d = tmp_path_factory.mktemp('grown')
     (d/'cfg.yaml').write_text(GROW_CONFIG)
     mini = pipeline.synth(d/'mini', n_train=80, n_test=2, size=256, progress=False)
     from pneumokit.dicom import dicom_metadata
@@ -95,8 +100,7 @@ def grown_run(tmp_path_factory):
             '--extend', d/'folds0.csv', '--train-only')
     pipeline.train(d/'cfg.yaml', d/'cache', d/'folds.csv', d/'run', tensorboard=False, n_workers=0)
     pipeline.search(d/'run')
-    return SimpleNamespace(root=d, mini=mini, cfg=d/'cfg.yaml', cache=d/'cache', folds0=d/'folds0.csv', folds=d/'folds.csv',
-                           run=d/'run', first=first, n=80)
+    (d/'first.txt').write_text('\n'.join(first))
 
 
 # ------------------------------------------------------------------------------------ trained runs, shared by the session
@@ -164,6 +168,7 @@ def smoke_run(tmp_path_factory, smoke_demo):
 def fold_trainings(root: Path) -> dict:
     "Every fold trained under `root`: (config text, folds CSV content, fold) → the distinct trainings (copies of a run, whose files keep their times, count once)."
     import hashlib, json
+    from pneumokit.layout import FoldDir
     out = {}
     for info in Path(root).rglob('run.json'):
         run = info.parent
@@ -172,7 +177,7 @@ def fold_trainings(root: Path) -> dict:
         cfg = (run/'config.yaml').read_bytes() if (run/'config.yaml').exists() else b''
         key = hashlib.sha1(cfg).hexdigest()[:12], hashlib.sha1(folds).hexdigest()[:12]
         for fold in run.glob('fold*'):
-            if ckpts := list(fold.glob('model_*.pth')):  # written by training only (a resumed, finished fold keeps them)
+            if FoldDir(fold, 0).history.is_file() and (ckpts := list(fold.glob('model_*.pth'))):  # trained: epochs recorded, weights kept
                 out.setdefault((*key, fold.name), {}).setdefault(max(c.stat().st_mtime_ns for c in ckpts), []).append(str(run))
     return out
 

@@ -103,7 +103,7 @@ def test_kernel_writes_every_row_when_a_test_dicom_is_truncated(real_data, tmp_p
     prog = torch.export.export(Identity(), (torch.zeros(2, 64, 64, dtype=torch.uint8),),
                                dynamic_shapes={'x': {0: torch.export.Dim('n', min=1, max=64)}})
     torch.export.save(prog, tmp_path/'model.pt2')
-    (tmp_path/'export.json').write_text(json.dumps(dict(size=64, out_size=1024, bs=2, model='model.pt2',
+    (tmp_path/'export.json').write_text(json.dumps(dict(size=64, out_size=1024, bs=2, model='model.pt2', torch=torch.__version__,
                                                         rule=dict(rule='triplet', top=0.5, area=0, bottom=0.5))))
     (tmp_path/'test').mkdir()
     src = sorted((real_data/'stage_2_images').glob('*.dcm'))[:3]

@@ -17,7 +17,7 @@ name: export-test
 model:
   encoder: mobilenet_v2
   kwargs: {decoder_channels: [16, 16, 8, 8, 8]}
-train: {top_k: 2, min_area: 5}
+train: {top_k: 2, min_area: 5, topk_stages: [0, 1]}  # both stages at 64 px rank: two checkpoints to ensemble
 stages:
   - {size: 64, epochs: 1, bs: 8, lr: 1.0e-2, frozen: true, pos_frac: 0.8, loss: combo, aug: none}
   - {size: 64, epochs: 1, bs: 8, lr: 2.0e-3, pos_frac: 0.5, loss: combo, aug: none}

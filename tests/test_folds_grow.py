@@ -56,12 +56,13 @@ def test_a_training_only_fold_cannot_be_trained_or_searched(grown_run, tmp_path)
     # the folds file changed under the run: an image fold 0 validated is now training-only -> search refuses, naming it
     from pneumokit.folds import TRAIN_ONLY, load_folds, save_folds
     from pneumokit.layout import RunDir
-    kept = grown_run.folds.read_bytes()
-    img = pd.read_csv(RunDir(grown_run.run).fold(0).oof_ids).ImageId[0]
+    import shutil
+    run = RunDir(shutil.copytree(grown_run.run, tmp_path/'run'))  # a copy (the shared run stays as it is for other tests)
+    img = pd.read_csv(run.fold(0).oof_ids).ImageId[0]
     f = load_folds(grown_run.folds)
-    save_folds(f.assign(fold=f.fold.where(f.ImageId != img, TRAIN_ONLY)), grown_run.folds)
-    try: cli_fails('search', grown_run.run, needles=[f'out-of-fold image {img} of fold 0 is training-only in'])
-    finally: grown_run.folds.write_bytes(kept)
+    save_folds(f.assign(fold=f.fold.where(f.ImageId != img, TRAIN_ONLY)), tmp_path/'changed.csv')
+    run.write_info(grown_run.cache, tmp_path/'changed.csv')
+    cli_fails('search', run.root, needles=[f'out-of-fold image {img} of fold 0 is training-only in'])
 
 
 def test_training_only_of_a_validated_patient_is_refused(grown_run, tmp_path):

@@ -15,12 +15,13 @@ def root(tmp_path):
 
 
 def _run(root, name, cfg='name: smoke\n', folds='ImageId,fold\na,0\n', t=1_000_000_000):
-    "A run folder as `pneumokit train` leaves it: config, run.json naming its folds file, a checkpoint per fold."
+    "A run folder as `pneumokit train` leaves it: config, run.json naming its folds file, a history and a checkpoint per fold."
     run = root/name
     (run/'fold0').mkdir(parents=True)
     (run/'config.yaml').write_text(cfg)
     (f := root/f'{name}-folds.csv').write_text(folds)
     (run/'run.json').write_text(json.dumps(dict(cache=str(root), folds=str(f))))
+    (run/'fold0'/'history.csv').write_text('stage,epoch\n0,0\n')  # epochs recorded: a training, not a hand-made fold
     (c := run/'fold0'/'model_0.pth').write_bytes(b'w')
     os.utime(c, ns=(t, t))
     return run
@@ -36,3 +37,8 @@ def test_a_fold_trained_twice_is_caught(root):
 def test_other_configs_and_folds_are_other_trainings(root):
     _run(root, 'a'); _run(root, 'b', cfg='name: other\n', t=2); _run(root, 'c', folds='ImageId,fold\nb,0\n', t=3)
     assert [len(v) for v in fold_trainings(root).values()] == [1, 1, 1]
+
+
+def test_a_hand_made_fold_is_no_training(root):
+    run = _run(root, 'a'); (run/'fold0'/'history.csv').unlink()  # weights written by a test, no epoch trained
+    assert fold_trainings(root) == {}
