@@ -195,3 +195,18 @@ def pytest_sessionfinish(session, exitstatus):
             if rep: rep.write_line(f'ERROR shared runs: {msg}', red=True)
             else: print(msg)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope='module')
+def browser():
+    "Headless Chromium (Debian's), shared by a module's tests (the JupyterLab test, the docs site); skipped without it, an error on CI."
+    from browser.lab_page import launch, missing_browser
+    from pneumokit.core import in_ci
+    if (reason := missing_browser()):
+        if in_ci(): pytest.fail(f'{reason}: CI must run the browser tests')
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

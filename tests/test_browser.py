@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from browser.jlab import ROOT, JupyterLab, copy_repo, port_in_use
-from browser.lab_page import NotebookPage, drag_to, launch, missing_browser, slider, wait_changed
+from browser.lab_page import NotebookPage, drag_to, slider, wait_changed
 from browser.pixels import grey_std, palette_counts
 
 TUTORIAL = os.environ.get('PNEUMOKIT_BROWSER_NB', 'nbs/tutorials/siim_end_to_end.ipynb')
@@ -27,18 +27,6 @@ MIN_STD, MIN_CLASS_PIXELS, MAX_PNG_BYTES = 10, 20, 300_000
 VIEWPORT = dict(width=1500, height=1000)
 
 
-@pytest.fixture(scope='module')
-def browser():
-    "Headless Chromium (Debian's), shared by this module's tests."
-    from pneumokit.core import in_ci
-    if (reason := missing_browser()):
-        if in_ci(): pytest.fail(f'{reason}: CI must run the browser tests')
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _page(browser):

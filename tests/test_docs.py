@@ -159,18 +159,6 @@ def served(site):
     srv.shutdown(); srv.server_close()
 
 
-@pytest.fixture(scope='module')
-def browser():
-    from browser.lab_page import launch, missing_browser
-    from pneumokit.core import in_ci
-    if (reason := missing_browser()):
-        if in_ci(): pytest.fail(f'{reason}: CI must run the browser tests')
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _page(browser, base: str):
